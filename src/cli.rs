@@ -1,0 +1,172 @@
+//! Command-line flags, as nginx spells them, plus Portico's own subcommands.
+//! Raw flags (clap) are turned into a validated [`Action`] before anything runs.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Default paths of the nginx build Portico stands in for (Debian's).
+pub const DEFAULT_PREFIX: &str = "/usr/share/nginx/";
+pub const DEFAULT_CONF: &str = "/etc/nginx/nginx.conf";
+pub const DEFAULT_PID: &str = "/run/nginx.pid";
+
+/// The nginx version whose behaviour Portico follows.
+pub const NGINX_VERSION: &str = "1.22.1";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portico",
+    about = "An nginx-compatible front server that reads your existing nginx configuration.",
+    long_about = "An nginx-compatible front server that reads your existing nginx configuration.\n\n\
+        The flags are nginx's, so scripts, systemd units and nginx's own test harness can drive \
+        Portico unchanged. `portico -t -c /etc/nginx/nginx.conf` tests a configuration; a lone \
+        sites-available file (server, upstream and map blocks at the top) is read as the inside \
+        of `http {}`.\n\nLogging: set PORTICO_LOG (e.g. PORTICO_LOG=debug) to filter traces.",
+    disable_version_flag = true,
+    disable_help_flag = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Use an alternative configuration file (default: /etc/nginx/nginx.conf).
+    #[arg(short = 'c', value_name = "FILE")]
+    pub conf: Option<PathBuf>,
+    /// Set the prefix path (default: /usr/share/nginx/).
+    #[arg(short = 'p', value_name = "PREFIX")]
+    pub prefix: Option<PathBuf>,
+    /// Set the error log file ("stderr" for standard error).
+    #[arg(short = 'e', value_name = "ERROR_LOG")]
+    pub error_log: Option<String>,
+    /// Set global directives out of the configuration file, e.g. -g 'daemon off;'.
+    #[arg(short = 'g', value_name = "DIRECTIVES")]
+    pub globals: Option<String>,
+    /// Test the configuration and exit: 0 when it is valid, 1 when it is not.
+    #[arg(short = 't')]
+    pub test: bool,
+    /// Test the configuration, print it (every file, as read) and exit.
+    #[arg(short = 'T')]
+    pub test_dump: bool,
+    /// Suppress non-error messages while testing.
+    #[arg(short = 'q')]
+    pub quiet: bool,
+    /// Send a signal to the running server: stop, quit, reopen, reload.
+    #[arg(short = 's', value_name = "SIGNAL")]
+    pub signal: Option<Signal>,
+    /// Print the version and exit.
+    #[arg(short = 'v')]
+    pub version: bool,
+    /// Print the version and the configure arguments (modules present and absent), then exit.
+    #[arg(short = 'V')]
+    pub version_configure: bool,
+    /// Print help.
+    #[arg(short = 'h', short_alias = '?', long = "help", action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Signal {
+    /// Fast shutdown (SIGTERM).
+    Stop,
+    /// Graceful shutdown (SIGQUIT).
+    Quit,
+    /// Reopen log files (SIGUSR1).
+    Reopen,
+    /// Reload the configuration (SIGHUP).
+    Reload,
+}
+
+impl Signal {
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Stop => libc::SIGTERM,
+            Signal::Quit => libc::SIGQUIT,
+            Signal::Reopen => libc::SIGUSR1,
+            Signal::Reload => libc::SIGHUP,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check configuration files and report every problem, with the source line and a caret.
+    /// No side effects: nothing is bound, resolved or written.
+    Check {
+        /// Configuration files (default: /etc/nginx/nginx.conf).
+        files: Vec<PathBuf>,
+        /// Prefix for relative paths.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<PathBuf>,
+        /// Colour: auto (on a terminal), always, never.
+        #[arg(long, value_enum, default_value_t = ColorWhen::Auto)]
+        color: ColorWhen,
+    },
+    /// Print the directive table (what Portico knows and implements) as Markdown or TSV.
+    Directives {
+        #[arg(long, value_enum, default_value_t = TableFormat::Markdown)]
+        format: TableFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TableFormat {
+    Markdown,
+    Tsv,
+}
+
+/// What the command line asks for, validated.
+#[derive(Debug)]
+pub enum Action {
+    Version { configure: bool },
+    Test { paths: crate::config::Paths, globals: Option<String>, dump: bool, quiet: bool },
+    Signal { paths: crate::config::Paths, globals: Option<String>, signal: Signal },
+    Serve { paths: crate::config::Paths, globals: Option<String>, error_log: Option<String> },
+    Check { files: Vec<PathBuf>, prefix: Option<PathBuf>, color: bool },
+    Directives { format: TableFormat },
+}
+
+impl Cli {
+    pub fn action(self) -> Action {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        match self.command {
+            Some(Command::Check { files, prefix, color }) => {
+                use std::io::IsTerminal;
+                let color = match color {
+                    ColorWhen::Always => true,
+                    ColorWhen::Never => false,
+                    ColorWhen::Auto => std::io::stdout().is_terminal(),
+                };
+                let prefix = prefix.map(|p| cwd.join(p));
+                let files = files.into_iter().map(|f| cwd.join(f)).collect();
+                return Action::Check { files, prefix, color };
+            }
+            Some(Command::Directives { format }) => return Action::Directives { format },
+            None => {}
+        }
+        if self.version || self.version_configure {
+            return Action::Version { configure: self.version_configure };
+        }
+        let prefix = match self.prefix {
+            Some(p) => cwd.join(p),
+            None => PathBuf::from(DEFAULT_PREFIX),
+        };
+        let conf = self.conf.unwrap_or_else(|| PathBuf::from(DEFAULT_CONF));
+        // nginx resolves -c against the prefix; a relative prefix against the current directory.
+        let paths = crate::config::Paths::new(&prefix, &conf);
+        let globals = self.globals;
+        if self.test || self.test_dump {
+            return Action::Test { paths, globals, dump: self.test_dump, quiet: self.quiet };
+        }
+        if let Some(signal) = self.signal {
+            return Action::Signal { paths, globals, signal };
+        }
+        Action::Serve { paths, globals, error_log: self.error_log }
+    }
+}

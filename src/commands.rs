@@ -1,0 +1,185 @@
+//! What each command-line action does. Diagnostics are rendered here, at the edge.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::cli::{DEFAULT_PID, NGINX_VERSION, Signal, TableFormat};
+use crate::config::directives::{Status, Table};
+use crate::config::{self, Compiled, Options, Paths, RealFs};
+
+/// `-v` / `-V`, on stderr as nginx prints them. The harness of nginx's test suite reads
+/// `nginx version: nginx/X.Y.Z` and the `--without-...` arguments from this.
+pub fn version(configure: bool) -> ExitCode {
+    let mut out = format!("nginx version: nginx/{NGINX_VERSION} (portico/{})\n", env!("CARGO_PKG_VERSION"));
+    if configure {
+        out.push_str("built by rustc, Portico's configuration compiler and runtime\n");
+        out.push_str("configure arguments:");
+        for m in absent_modules() {
+            out.push_str(&format!(" --without-{m}_module"));
+        }
+        out.push('\n');
+    }
+    eprint!("{out}");
+    ExitCode::SUCCESS
+}
+
+/// Built-in http modules none of whose directives Portico implements.
+fn absent_modules() -> BTreeSet<&'static str> {
+    let table = Table::get();
+    let modules: BTreeSet<&str> =
+        table.rows().iter().filter(|r| r.dynamic.is_none() && r.module.starts_with("http_")).map(|r| r.module).collect();
+    modules
+        .into_iter()
+        .filter(|m| {
+            !table.rows().iter().any(|r| r.module == *m && matches!(r.status, Status::Yes | Status::Noop))
+        })
+        .collect()
+}
+
+fn compile(paths: &Paths, globals: Option<String>) -> Compiled {
+    config::compile(&RealFs, &Options { paths: paths.clone(), globals, mode: None })
+}
+
+/// `-t` and `-T`: nginx's lines, every diagnostic, exit 0 or 1.
+pub fn test(paths: &Paths, globals: Option<String>, dump: bool, quiet: bool) -> ExitCode {
+    let compiled = compile(paths, globals);
+    let name = paths.conf_file.display();
+    let mut err = std::io::stderr().lock();
+    for d in &compiled.diagnostics {
+        let _ = writeln!(err, "{}", d.nginx_line(&compiled.sources.map));
+    }
+    if compiled.has_errors() {
+        let _ = writeln!(err, "portico: configuration file {name} test failed");
+        return ExitCode::from(1);
+    }
+    if !quiet {
+        let _ = writeln!(err, "portico: the configuration file {name} syntax is ok");
+        let _ = writeln!(err, "portico: configuration file {name} test is successful");
+    }
+    if dump {
+        let mut out = std::io::stdout().lock();
+        for (_, file) in compiled.sources.map.iter() {
+            if let Some(path) = file.path() {
+                let _ = write!(out, "# configuration file {}:\n{}", path.display(), file.text);
+                if !file.text.ends_with('\n') {
+                    let _ = writeln!(out);
+                }
+                let _ = writeln!(out);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `-s SIGNAL`: signal the process named by the configuration's pid file.
+pub fn signal(paths: &Paths, globals: Option<String>, signal: Signal) -> ExitCode {
+    let compiled = compile(paths, globals);
+    let pid_path = pid_file(&compiled, paths);
+    let fail = |msg: String| {
+        eprintln!("portico: [error] {msg}");
+        ExitCode::from(1)
+    };
+    let text = match std::fs::read_to_string(&pid_path) {
+        Ok(t) => t,
+        Err(e) => {
+            let code = e.raw_os_error().unwrap_or(0);
+            return fail(format!("open() \"{}\" failed ({code}: {})", pid_path.display(), os_message(&e)));
+        }
+    };
+    let pid: i32 = match text.trim().parse() {
+        Ok(p) if p > 0 => p,
+        _ => return fail(format!("invalid PID number \"{}\" in \"{}\"", text.trim(), pid_path.display())),
+    };
+    // SAFETY: kill(2) has no memory effects; a bad pid is reported through errno.
+    if unsafe { libc::kill(pid, signal.number()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let code = e.raw_os_error().unwrap_or(0);
+        return fail(format!("kill({pid}, {}) failed ({code}: {})", signal.number(), os_message(&e)));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The `pid` directive's file (relative to the prefix), or nginx's default.
+fn pid_file(compiled: &Compiled, paths: &Paths) -> PathBuf {
+    let from_config = compiled.sources.root.and_then(|root| {
+        compiled.sources.tree(root).directives.iter().rev().find(|d| d.name() == "pid").and_then(|d| d.args.first())
+    });
+    match from_config {
+        Some(arg) => paths.prefix.join(&arg.value),
+        None => PathBuf::from(DEFAULT_PID),
+    }
+}
+
+fn os_message(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    s.find(" (os error").map_or(s.clone(), |i| s[..i].to_string())
+}
+
+/// `portico check FILE...`: every problem, rendered with its source line.
+pub fn check(files: &[PathBuf], prefix: Option<PathBuf>, color: bool) -> ExitCode {
+    let files: Vec<PathBuf> = if files.is_empty() { vec![PathBuf::from(crate::cli::DEFAULT_CONF)] } else { files.to_vec() };
+    let mut invalid = false;
+    let mut out = std::io::stdout().lock();
+    for file in &files {
+        let prefix = prefix.clone().unwrap_or_else(|| file.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf));
+        let paths = Paths::new(&prefix, file);
+        let compiled = compile(&paths, None);
+        let text = config::diag::render_rich(&compiled.diagnostics, &compiled.sources.map, color);
+        let _ = out.write_all(text.as_bytes());
+        let errors = compiled.diagnostics.iter().filter(|d| d.is_error()).count();
+        let warnings = compiled.diagnostics.len() - errors;
+        let _ = writeln!(out, "{}: {errors} error(s), {warnings} warning(s)", file.display());
+        invalid |= errors > 0;
+    }
+    if invalid { ExitCode::from(2) } else { ExitCode::SUCCESS }
+}
+
+/// `portico directives`: the directive table, as documentation.
+pub fn directives(format: TableFormat) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match format {
+        TableFormat::Tsv => {
+            let _ = out.write_all(config::directives::TABLE.as_bytes());
+        }
+        TableFormat::Markdown => {
+            let _ = out.write_all(directives_markdown().as_bytes());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The directive table as a Markdown page (`grammar/DIRECTIVES.md` is this output).
+pub fn directives_markdown() -> String {
+    let table = Table::get();
+    let mut s = String::from(
+        "# Directives\n\nGenerated from `grammar/directives.tsv` by `portico directives`; do not edit.\n\n\
+         Status: **yes** implemented; **noop** accepted, no effect in Portico; **no** not supported \
+         yet (a warning, ignored); **closes** not supported yet and an error, because ignoring it \
+         would open what the configuration closes.\n\n\
+         | directive | module | contexts | arguments | status |\n|---|---|---|---|---|\n",
+    );
+    let tsv: Vec<Vec<&str>> = config::directives::TABLE
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split('\t').collect())
+        .collect();
+    for (row, cols) in table.rows().iter().zip(&tsv) {
+        let module = match row.dynamic {
+            Some(d) => format!("{} (dynamic: {d})", row.module),
+            None => row.module.to_string(),
+        };
+        let block = if cols[4] == "-" { "" } else { ", block" };
+        s.push_str(&format!(
+            "| `{}` | {} | {} | {}{} | {} |\n",
+            row.name,
+            module,
+            row.context_names().join(", "),
+            cols[3],
+            block,
+            cols[5]
+        ));
+    }
+    s
+}
