@@ -3,3 +3,5 @@
 //! and the two verdicts are compared.
 
 mod support;
+mod golden;
+mod corpus;
