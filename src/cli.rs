@@ -124,19 +124,44 @@ pub enum TableFormat {
 /// What the command line asks for, validated.
 #[derive(Debug)]
 pub enum Action {
-    Version { configure: bool },
-    Test { paths: crate::config::Paths, globals: Option<String>, dump: bool, quiet: bool },
-    Signal { paths: crate::config::Paths, globals: Option<String>, signal: Signal },
-    Serve { paths: crate::config::Paths, globals: Option<String>, error_log: Option<String> },
-    Check { files: Vec<PathBuf>, prefix: Option<PathBuf>, color: bool },
-    Directives { format: TableFormat },
+    Version {
+        configure: bool,
+    },
+    Test {
+        paths: crate::config::Paths,
+        globals: Option<String>,
+        dump: bool,
+        quiet: bool,
+    },
+    Signal {
+        paths: crate::config::Paths,
+        globals: Option<String>,
+        signal: Signal,
+    },
+    Serve {
+        paths: crate::config::Paths,
+        globals: Option<String>,
+        error_log: Option<String>,
+    },
+    Check {
+        files: Vec<PathBuf>,
+        prefix: Option<PathBuf>,
+        color: bool,
+    },
+    Directives {
+        format: TableFormat,
+    },
 }
 
 impl Cli {
     pub fn action(self) -> Action {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         match self.command {
-            Some(Command::Check { files, prefix, color }) => {
+            Some(Command::Check {
+                files,
+                prefix,
+                color,
+            }) => {
                 use std::io::IsTerminal;
                 let color = match color {
                     ColorWhen::Always => true,
@@ -145,13 +170,19 @@ impl Cli {
                 };
                 let prefix = prefix.map(|p| cwd.join(p));
                 let files = files.into_iter().map(|f| cwd.join(f)).collect();
-                return Action::Check { files, prefix, color };
+                return Action::Check {
+                    files,
+                    prefix,
+                    color,
+                };
             }
             Some(Command::Directives { format }) => return Action::Directives { format },
             None => {}
         }
         if self.version || self.version_configure {
-            return Action::Version { configure: self.version_configure };
+            return Action::Version {
+                configure: self.version_configure,
+            };
         }
         let prefix = match self.prefix {
             Some(p) => cwd.join(p),
@@ -162,11 +193,24 @@ impl Cli {
         let paths = crate::config::Paths::new(&prefix, &conf);
         let globals = self.globals;
         if self.test || self.test_dump {
-            return Action::Test { paths, globals, dump: self.test_dump, quiet: self.quiet };
+            return Action::Test {
+                paths,
+                globals,
+                dump: self.test_dump,
+                quiet: self.quiet,
+            };
         }
         if let Some(signal) = self.signal {
-            return Action::Signal { paths, globals, signal };
+            return Action::Signal {
+                paths,
+                globals,
+                signal,
+            };
         }
-        Action::Serve { paths, globals, error_log: self.error_log }
+        Action::Serve {
+            paths,
+            globals,
+            error_log: self.error_log,
+        }
     }
 }

@@ -12,7 +12,10 @@ use crate::config::{self, Compiled, Options, Paths, RealFs};
 /// `-v` / `-V`, on stderr as nginx prints them. The harness of nginx's test suite reads
 /// `nginx version: nginx/X.Y.Z` and the `--without-...` arguments from this.
 pub fn version(configure: bool) -> ExitCode {
-    let mut out = format!("nginx version: nginx/{NGINX_VERSION} (portico/{})\n", env!("CARGO_PKG_VERSION"));
+    let mut out = format!(
+        "nginx version: nginx/{NGINX_VERSION} (portico/{})\n",
+        env!("CARGO_PKG_VERSION")
+    );
     if configure {
         out.push_str("built by rustc, Portico's configuration compiler and runtime\n");
         out.push_str("configure arguments:");
@@ -28,18 +31,31 @@ pub fn version(configure: bool) -> ExitCode {
 /// Built-in http modules none of whose directives Portico implements.
 fn absent_modules() -> BTreeSet<&'static str> {
     let table = Table::get();
-    let modules: BTreeSet<&str> =
-        table.rows().iter().filter(|r| r.dynamic.is_none() && r.module.starts_with("http_")).map(|r| r.module).collect();
+    let modules: BTreeSet<&str> = table
+        .rows()
+        .iter()
+        .filter(|r| r.dynamic.is_none() && r.module.starts_with("http_"))
+        .map(|r| r.module)
+        .collect();
     modules
         .into_iter()
         .filter(|m| {
-            !table.rows().iter().any(|r| r.module == *m && matches!(r.status, Status::Yes | Status::Noop))
+            !table
+                .rows()
+                .iter()
+                .any(|r| r.module == *m && matches!(r.status, Status::Yes | Status::Noop))
         })
         .collect()
 }
 
+/// Compiles as `nginx -t` would, checking the machine too (DNS, users, listen sockets).
 fn compile(paths: &Paths, globals: Option<String>) -> Compiled {
-    config::compile(&RealFs, &Options { paths: paths.clone(), globals, mode: None })
+    let options = Options {
+        paths: paths.clone(),
+        globals,
+        mode: None,
+    };
+    config::compile_in(&RealFs, Some(&config::env::RealEnvironment), &options)
 }
 
 /// `-t` and `-T`: nginx's lines, every diagnostic, exit 0 or 1.
@@ -62,7 +78,12 @@ pub fn test(paths: &Paths, globals: Option<String>, dump: bool, quiet: bool) -> 
         let mut out = std::io::stdout().lock();
         for (_, file) in compiled.sources.map.iter() {
             if let Some(path) = file.path() {
-                let _ = write!(out, "# configuration file {}:\n{}", path.display(), file.text);
+                let _ = write!(
+                    out,
+                    "# configuration file {}:\n{}",
+                    path.display(),
+                    file.text
+                );
                 if !file.text.ends_with('\n') {
                     let _ = writeln!(out);
                 }
@@ -85,18 +106,32 @@ pub fn signal(paths: &Paths, globals: Option<String>, signal: Signal) -> ExitCod
         Ok(t) => t,
         Err(e) => {
             let code = e.raw_os_error().unwrap_or(0);
-            return fail(format!("open() \"{}\" failed ({code}: {})", pid_path.display(), os_message(&e)));
+            return fail(format!(
+                "open() \"{}\" failed ({code}: {})",
+                pid_path.display(),
+                os_message(&e)
+            ));
         }
     };
     let pid: i32 = match text.trim().parse() {
         Ok(p) if p > 0 => p,
-        _ => return fail(format!("invalid PID number \"{}\" in \"{}\"", text.trim(), pid_path.display())),
+        _ => {
+            return fail(format!(
+                "invalid PID number \"{}\" in \"{}\"",
+                text.trim(),
+                pid_path.display()
+            ));
+        }
     };
     // SAFETY: kill(2) has no memory effects; a bad pid is reported through errno.
     if unsafe { libc::kill(pid, signal.number()) } != 0 {
         let e = std::io::Error::last_os_error();
         let code = e.raw_os_error().unwrap_or(0);
-        return fail(format!("kill({pid}, {}) failed ({code}: {})", signal.number(), os_message(&e)));
+        return fail(format!(
+            "kill({pid}, {}) failed ({code}: {})",
+            signal.number(),
+            os_message(&e)
+        ));
     }
     ExitCode::SUCCESS
 }
@@ -104,7 +139,14 @@ pub fn signal(paths: &Paths, globals: Option<String>, signal: Signal) -> ExitCod
 /// The `pid` directive's file (relative to the prefix), or nginx's default.
 fn pid_file(compiled: &Compiled, paths: &Paths) -> PathBuf {
     let from_config = compiled.sources.root.and_then(|root| {
-        compiled.sources.tree(root).directives.iter().rev().find(|d| d.name() == "pid").and_then(|d| d.args.first())
+        compiled
+            .sources
+            .tree(root)
+            .directives
+            .iter()
+            .rev()
+            .find(|d| d.name() == "pid")
+            .and_then(|d| d.args.first())
     });
     match from_config {
         Some(arg) => paths.prefix.join(&arg.value),
@@ -114,26 +156,49 @@ fn pid_file(compiled: &Compiled, paths: &Paths) -> PathBuf {
 
 fn os_message(e: &std::io::Error) -> String {
     let s = e.to_string();
-    s.find(" (os error").map_or(s.clone(), |i| s[..i].to_string())
+    s.find(" (os error")
+        .map_or(s.clone(), |i| s[..i].to_string())
 }
 
 /// `portico check FILE...`: every problem, rendered with its source line.
 pub fn check(files: &[PathBuf], prefix: Option<PathBuf>, color: bool) -> ExitCode {
-    let files: Vec<PathBuf> = if files.is_empty() { vec![PathBuf::from(crate::cli::DEFAULT_CONF)] } else { files.to_vec() };
+    let files: Vec<PathBuf> = if files.is_empty() {
+        vec![PathBuf::from(crate::cli::DEFAULT_CONF)]
+    } else {
+        files.to_vec()
+    };
     let mut invalid = false;
     let mut out = std::io::stdout().lock();
     for file in &files {
-        let prefix = prefix.clone().unwrap_or_else(|| file.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf));
+        let prefix = prefix.clone().unwrap_or_else(|| {
+            file.parent()
+                .map_or_else(|| PathBuf::from("/"), Path::to_path_buf)
+        });
         let paths = Paths::new(&prefix, file);
-        let compiled = compile(&paths, None);
+        let compiled = config::compile(
+            &RealFs,
+            &Options {
+                paths,
+                globals: None,
+                mode: None,
+            },
+        );
         let text = config::diag::render_rich(&compiled.diagnostics, &compiled.sources.map, color);
         let _ = out.write_all(text.as_bytes());
         let errors = compiled.diagnostics.iter().filter(|d| d.is_error()).count();
         let warnings = compiled.diagnostics.len() - errors;
-        let _ = writeln!(out, "{}: {errors} error(s), {warnings} warning(s)", file.display());
+        let _ = writeln!(
+            out,
+            "{}: {errors} error(s), {warnings} warning(s)",
+            file.display()
+        );
         invalid |= errors > 0;
     }
-    if invalid { ExitCode::from(2) } else { ExitCode::SUCCESS }
+    if invalid {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `portico directives`: the directive table, as documentation.
@@ -182,4 +247,17 @@ pub fn directives_markdown() -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn directive_docs_are_generated_from_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/grammar/DIRECTIVES.md");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == super::directives_markdown(),
+            "grammar/DIRECTIVES.md is stale: run `cargo run -- directives > grammar/DIRECTIVES.md`"
+        );
+    }
 }

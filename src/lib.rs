@@ -1,6 +1,6 @@
 //! Portico: an nginx-compatible front server. This crate is the compiler (`config`), callable
 //! from the binary, the tests and the fuzzer.
 
-pub mod config;
 pub mod cli;
 pub mod commands;
+pub mod config;

@@ -8,25 +8,47 @@ use portico::cli::{Action, Cli};
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             // nginx exits 1 on a bad flag; help and version requests are not errors.
-            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.action() {
         Action::Version { configure } => portico::commands::version(configure),
-        Action::Test { paths, globals, dump, quiet } => portico::commands::test(&paths, globals, dump, quiet),
-        Action::Signal { paths, globals, signal } => portico::commands::signal(&paths, globals, signal),
+        Action::Test {
+            paths,
+            globals,
+            dump,
+            quiet,
+        } => portico::commands::test(&paths, globals, dump, quiet),
+        Action::Signal {
+            paths,
+            globals,
+            signal,
+        } => portico::commands::signal(&paths, globals, signal),
         Action::Serve { .. } => {
-            eprintln!("portico: [emerg] serving is not implemented yet; use -t to test a configuration");
+            eprintln!(
+                "portico: [emerg] serving is not implemented yet; use -t to test a configuration"
+            );
             ExitCode::from(1)
         }
-        Action::Check { files, prefix, color } => portico::commands::check(&files, prefix, color),
+        Action::Check {
+            files,
+            prefix,
+            color,
+        } => portico::commands::check(&files, prefix, color),
         Action::Directives { format } => portico::commands::directives(format),
     }
 }

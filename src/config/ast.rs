@@ -42,12 +42,20 @@ impl Directive {
             Some(b) => b.close.map_or(self.end + 1, |c| c + 1),
             None => self.end + 1,
         };
-        Span { file: self.name.span.file, start: self.name.span.start, end }
+        Span {
+            file: self.name.span.file,
+            start: self.name.span.start,
+            end,
+        }
     }
 
     /// The span of the terminator (`;` or `{`).
     pub fn end_span(&self) -> Span {
-        Span { file: self.name.span.file, start: self.end, end: self.end + 1 }
+        Span {
+            file: self.name.span.file,
+            start: self.end,
+            end: self.end + 1,
+        }
     }
 }
 

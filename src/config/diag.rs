@@ -36,6 +36,9 @@ pub struct Diagnostic {
     pub span: Option<Span>,
     /// The byte whose line nginx names in `in FILE:LINE` (defaults to the span's start).
     pub line_at: Option<Span>,
+    /// Whether nginx names a place for this problem (it does not for some checks made after
+    /// reading, such as unknown variables); the rich form shows the span either way.
+    pub nginx_located: bool,
     pub notes: Vec<String>,
 }
 
@@ -49,7 +52,15 @@ impl Diagnostic {
     }
 
     fn new(severity: Severity, code: &'static str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { severity, code, message: message.into(), span: None, line_at: None, notes: vec![] }
+        Diagnostic {
+            severity,
+            code,
+            message: message.into(),
+            span: None,
+            line_at: None,
+            nginx_located: true,
+            notes: vec![],
+        }
     }
 
     pub fn at(mut self, span: Span) -> Diagnostic {
@@ -60,6 +71,12 @@ impl Diagnostic {
     /// Names `line_at`'s line in the nginx form, while the caret points at `span`.
     pub fn line_at(mut self, span: Span) -> Diagnostic {
         self.line_at = Some(span);
+        self
+    }
+
+    /// nginx reports this problem without `in FILE:LINE`.
+    pub fn unlocated(mut self) -> Diagnostic {
+        self.nginx_located = false;
         self
     }
 
@@ -74,6 +91,9 @@ impl Diagnostic {
 
     /// `(file name, line)` as nginx reports it, if the diagnostic has a place.
     pub fn location(&self, sources: &SourceMap) -> Option<(String, usize)> {
+        if !self.nginx_located {
+            return None;
+        }
         let at = self.line_at.or(self.span)?;
         let file = sources.get(at.file);
         Some((file.name(), file.line_of(at.start)))
@@ -89,7 +109,11 @@ impl Diagnostic {
 
     /// The line `portico -t` prints: `portico: [emerg] MESSAGE in FILE:LINE`.
     pub fn nginx_line(&self, sources: &SourceMap) -> String {
-        format!("portico: [{}] {}", self.severity.nginx_level(), self.nginx_message(sources))
+        format!(
+            "portico: [{}] {}",
+            self.severity.nginx_level(),
+            self.nginx_message(sources)
+        )
     }
 }
 
@@ -122,7 +146,11 @@ pub fn render_rich(diagnostics: &[Diagnostic], sources: &SourceMap, color: bool)
             let _ = writeln!(plain, "{}: {}", d.severity.nginx_level(), d.message);
         }
     }
-    if color { String::from_utf8_lossy(buffer.as_slice()).into_owned() + &plain } else { plain }
+    if color {
+        String::from_utf8_lossy(buffer.as_slice()).into_owned() + &plain
+    } else {
+        plain
+    }
 }
 
 impl<'a> Files<'a> for SourceMap {
@@ -142,14 +170,25 @@ impl<'a> Files<'a> for SourceMap {
         Ok(self.try_get(id)?.line_of(byte_index as u32) - 1)
     }
 
-    fn line_range(&'a self, id: usize, line_index: usize) -> Result<std::ops::Range<usize>, FilesError> {
+    fn line_range(
+        &'a self,
+        id: usize,
+        line_index: usize,
+    ) -> Result<std::ops::Range<usize>, FilesError> {
         let f = self.try_get(id)?;
-        f.line_range(line_index).ok_or(FilesError::LineTooLarge { given: line_index, max: f.line_count() })
+        f.line_range(line_index).ok_or(FilesError::LineTooLarge {
+            given: line_index,
+            max: f.line_count(),
+        })
     }
 }
 
 impl SourceMap {
     fn try_get(&self, id: usize) -> Result<&super::span::SourceFile, FilesError> {
-        if id < self.len() { Ok(self.get(FileId(id as u32))) } else { Err(FilesError::FileMissing) }
+        if id < self.len() {
+            Ok(self.get(FileId(id as u32)))
+        } else {
+            Err(FilesError::FileMissing)
+        }
     }
 }

@@ -99,7 +99,10 @@ impl Arity {
     }
 
     fn parse(word: &str) -> Option<Arity> {
-        let mut arity = Arity { exact: 0, at_least: None };
+        let mut arity = Arity {
+            exact: 0,
+            at_least: None,
+        };
         match word {
             "any" => arity.at_least = Some(0),
             "flag" => arity.exact = 1 << 1,
@@ -170,8 +173,20 @@ impl Spec {
     /// The contexts, as the table writes them.
     pub fn context_names(&self) -> Vec<&'static str> {
         [
-            "main", "events", "http", "server", "location", "upstream", "server_if", "location_if",
-            "limit_except", "stream", "stream_server", "stream_upstream", "mail", "mail_server",
+            "main",
+            "events",
+            "http",
+            "server",
+            "location",
+            "upstream",
+            "server_if",
+            "location_if",
+            "limit_except",
+            "stream",
+            "stream_server",
+            "stream_upstream",
+            "mail",
+            "mail_server",
         ]
         .into_iter()
         .filter(|w| Context::parse(w).is_some_and(|b| b & self.contexts != 0))
@@ -189,12 +204,18 @@ impl Table {
     /// The table, parsed once.
     pub fn get() -> &'static Table {
         static TABLE_CELL: OnceLock<Table> = OnceLock::new();
-        TABLE_CELL.get_or_init(|| Table::parse(TABLE).unwrap_or_else(|e| panic!("grammar/directives.tsv: {e}")))
+        TABLE_CELL.get_or_init(|| {
+            Table::parse(TABLE).unwrap_or_else(|e| panic!("grammar/directives.tsv: {e}"))
+        })
     }
 
     /// Every row for `name`, in table order.
     pub fn lookup(&self, name: &str) -> impl Iterator<Item = &Spec> {
-        self.by_name.get(name).into_iter().flatten().map(|&i| &self.rows[i])
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.rows[i])
     }
 
     pub fn rows(&self) -> &[Spec] {
@@ -209,7 +230,18 @@ impl Table {
             }
             let bad = |what: &str| format!("line {}: bad {what}: {line:?}", n + 1);
             let cols: Vec<&'static str> = line.split('\t').collect();
-            let [name, module, contexts, args, block, status, dynamic, value, once] = cols[..] else {
+            let [
+                name,
+                module,
+                contexts,
+                args,
+                block,
+                status,
+                dynamic,
+                value,
+                once,
+            ] = cols[..]
+            else {
                 return Err(bad("column count"));
             };
             let mut ctx = 0;
@@ -290,7 +322,12 @@ mod tests {
         let location = t.lookup("location").next().unwrap();
         assert!(location.arity.accepts(2) && !location.arity.accepts(3));
         assert_eq!(t.lookup("allow").next().unwrap().status, Status::Closes);
-        assert!(t.lookup("include").next().unwrap().allowed_in(Context::Upstream));
+        assert!(
+            t.lookup("include")
+                .next()
+                .unwrap()
+                .allowed_in(Context::Upstream)
+        );
     }
 
     #[test]

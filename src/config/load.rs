@@ -41,7 +41,11 @@ impl Fs for RealFs {
         let paths = glob::glob_with(&pattern, options)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.msg))?;
         let mut out: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
-        out.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
+        out.sort_by(|a, b| {
+            a.as_os_str()
+                .as_encoded_bytes()
+                .cmp(b.as_os_str().as_encoded_bytes())
+        });
         Ok(out)
     }
 }
@@ -97,14 +101,27 @@ impl Paths {
     /// nginx's rules: `-c` relative to the prefix; the conf prefix is the file's directory.
     pub fn new(prefix: &Path, conf_file: &Path) -> Paths {
         let conf_file = prefix.join(conf_file);
-        let conf_prefix = conf_file.parent().map(Path::to_path_buf).unwrap_or_else(|| prefix.to_path_buf());
-        Paths { prefix: prefix.to_path_buf(), conf_file, conf_prefix }
+        let conf_prefix = conf_file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| prefix.to_path_buf());
+        Paths {
+            prefix: prefix.to_path_buf(),
+            conf_file,
+            conf_prefix,
+        }
     }
 }
 
 /// Reads and parses the main file, the `-g` directives and everything they include.
 pub fn load(fs: &dyn Fs, paths: &Paths, globals: Option<&str>) -> Sources {
-    let mut loader = Loader { fs, paths, sources: Sources::default(), by_path: HashMap::new(), state: Vec::new() };
+    let mut loader = Loader {
+        fs,
+        paths,
+        sources: Sources::default(),
+        by_path: HashMap::new(),
+        state: Vec::new(),
+    };
     if let Some(g) = globals {
         let id = loader.add(Origin::CommandLine, g.to_string());
         loader.sources.globals = Some(id);
@@ -151,7 +168,10 @@ impl Loader<'_> {
         if let Some(&id) = self.by_path.get(path) {
             return Ok(id);
         }
-        let bytes = self.fs.read(path).map_err(|e| io_error("open()", path, &e))?;
+        let bytes = self
+            .fs
+            .read(path)
+            .map_err(|e| io_error("open()", path, &e))?;
         let text = match String::from_utf8(bytes) {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -165,7 +185,10 @@ impl Loader<'_> {
     fn resolve(&mut self, file: FileId, depth: usize) {
         self.state[file.0 as usize] = State::InProgress;
         let mut pending = Vec::new();
-        collect_includes(&self.sources.trees[file.0 as usize].directives, &mut pending);
+        collect_includes(
+            &self.sources.trees[file.0 as usize].directives,
+            &mut pending,
+        );
         for (end, arg, span) in pending {
             let result = self.include(file, &arg, span, depth);
             self.sources.includes.insert((file, end), result);
@@ -194,10 +217,16 @@ impl Loader<'_> {
                     let this = self.sources.map.get(file).name();
                     let d = Diagnostic::error(
                         "include-cycle",
-                        format!("include cycle: \"{}\" is already being included", target.display()),
+                        format!(
+                            "include cycle: \"{}\" is already being included",
+                            target.display()
+                        ),
                     )
                     .at(span)
-                    .note(format!("\"{this}\" includes \"{}\", which leads back to it", target.display()))
+                    .note(format!(
+                        "\"{this}\" includes \"{}\", which leads back to it",
+                        target.display()
+                    ))
                     .note("nginx would include it again until it runs out of file descriptors");
                     return Included::Failed(d);
                 }
@@ -235,12 +264,19 @@ fn io_error(call: &str, path: &Path, e: &io::Error) -> Diagnostic {
     let (call, detail) = match e.raw_os_error() {
         Some(code) => {
             // A directory opens fine; nginx's read of it is what fails.
-            let call = if code == libc::EISDIR { "pread()" } else { call };
+            let call = if code == libc::EISDIR {
+                "pread()"
+            } else {
+                call
+            };
             (call, format!("{code}: {}", strerror(code)))
         }
         None => (call, e.to_string()),
     };
-    Diagnostic::error("include", format!("{call} \"{}\" failed ({detail})", path.display()))
+    Diagnostic::error(
+        "include",
+        format!("{call} \"{}\" failed ({detail})", path.display()),
+    )
 }
 
 fn strerror(code: i32) -> String {

@@ -43,10 +43,25 @@ pub struct Options {
     pub mode: Option<Mode>,
 }
 
-/// Reads, parses and checks a configuration.
+/// Reads, parses and checks a configuration, with no side effects: nothing is resolved,
+/// looked up or bound.
 pub fn compile(fs: &dyn Fs, options: &Options) -> Compiled {
-    let sources = load::load(fs, &options.paths, options.globals.as_deref());
-    let mode = options.mode.unwrap_or_else(|| validate::detect_mode(&sources));
-    let diagnostics = validate::validate(&sources, mode);
-    Compiled { sources, mode, diagnostics }
+    compile_in(fs, None, options)
 }
+
+/// As [`compile`], and with `env` also makes the checks `nginx -t` makes of the machine:
+/// upstream host names resolve, `user` exists, listen addresses can be bound.
+pub fn compile_in(fs: &dyn Fs, env: Option<&dyn env::Environment>, options: &Options) -> Compiled {
+    let sources = load::load(fs, &options.paths, options.globals.as_deref());
+    let mode = options
+        .mode
+        .unwrap_or_else(|| validate::detect_mode(&sources));
+    let diagnostics = validate::validate(&sources, mode, env);
+    Compiled {
+        sources,
+        mode,
+        diagnostics,
+    }
+}
+pub mod env;
+pub mod vars;

@@ -40,7 +40,13 @@ pub fn parse(file: FileId, text: &str) -> (File, Vec<Diagnostic>) {
     };
     let (directives, _) = p.block(0, false);
     let comments = std::mem::take(&mut p.lexer.comments);
-    (File { directives, comments }, p.errors)
+    (
+        File {
+            directives,
+            comments,
+        },
+        p.errors,
+    )
 }
 
 /// Applies nginx's escapes to the raw text of a word.
@@ -190,7 +196,10 @@ impl<'a> Lexer<'a> {
                     let (after, text) = comment(after_ws).unwrap_or(("", after_ws));
                     self.pos = self.text.len() - after.len();
                     let span = Span::new(self.file, start, self.pos);
-                    self.comments.push(Comment { text: text.to_string(), span });
+                    self.comments.push(Comment {
+                        text: text.to_string(),
+                        span,
+                    });
                 }
                 ';' => {
                     self.pos += 1;
@@ -209,9 +218,17 @@ impl<'a> Lexer<'a> {
                         self.pos = self.text.len() - after.len();
                         self.need_space = true;
                         let raw = &word[1..word.len() - 1];
-                        let quote = if c == '"' { Quote::Double } else { Quote::Single };
+                        let quote = if c == '"' {
+                            Quote::Double
+                        } else {
+                            Quote::Single
+                        };
                         let span = Span::new(self.file, start, self.pos);
-                        return Token::Word(Arg { value: unescape(raw), quote, span });
+                        return Token::Word(Arg {
+                            value: unescape(raw),
+                            quote,
+                            span,
+                        });
                     }
                     Err(_) => {
                         self.pos = self.text.len();
@@ -223,7 +240,11 @@ impl<'a> Lexer<'a> {
                     let (after, word) = bare(after_ws).unwrap_or(("", after_ws));
                     self.pos = self.text.len() - after.len();
                     let span = Span::new(self.file, start, self.pos);
-                    return Token::Word(Arg { value: unescape(word), quote: Quote::Bare, span });
+                    return Token::Word(Arg {
+                        value: unescape(word),
+                        quote: Quote::Bare,
+                        span,
+                    });
                 }
             }
         }
@@ -248,8 +269,13 @@ impl Parser<'_> {
     }
 
     fn error(&mut self, at: u32, message: String) {
-        let span = Span { file: self.lexer.file, start: at, end: at + 1 };
-        self.errors.push(Diagnostic::error("syntax", message).at(span));
+        let span = Span {
+            file: self.lexer.file,
+            start: at,
+            end: at + 1,
+        };
+        self.errors
+            .push(Diagnostic::error("syntax", message).at(span));
     }
 
     /// Parses directives up to the `}` that closes this block (or the end of the file).
@@ -292,7 +318,10 @@ impl Parser<'_> {
                         End::Eof => None,
                     };
                     if !poisoned {
-                        let block = Block { directives: children, close };
+                        let block = Block {
+                            directives: children,
+                            close,
+                        };
                         directives.push(directive(words, Some(block), at));
                     }
                     words = Vec::new();
@@ -313,7 +342,10 @@ impl Parser<'_> {
                 }
                 Token::Eof(at) => {
                     if !words.is_empty() || poisoned || self.lexer.unterminated {
-                        self.error(at, "unexpected end of file, expecting \";\" or \"}\"".into());
+                        self.error(
+                            at,
+                            "unexpected end of file, expecting \";\" or \"}\"".into(),
+                        );
                     } else if nested {
                         self.error(at, "unexpected end of file, expecting \"}\"".into());
                     }
@@ -344,7 +376,12 @@ impl Parser<'_> {
 
 fn directive(mut words: Vec<Arg>, block: Option<Block>, end: u32) -> Directive {
     let name = words.remove(0);
-    Directive { name, args: words, block, end }
+    Directive {
+        name,
+        args: words,
+        block,
+        end,
+    }
 }
 
 #[cfg(test)]
@@ -356,7 +393,12 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         file.directives
             .iter()
-            .map(|d| std::iter::once(&d.name).chain(&d.args).map(|a| a.value.clone()).collect())
+            .map(|d| {
+                std::iter::once(&d.name)
+                    .chain(&d.args)
+                    .map(|a| a.value.clone())
+                    .collect()
+            })
             .collect()
     }
 
@@ -365,10 +407,16 @@ mod tests {
         assert_eq!(words("a b}c;"), [["a", "b}c"]]);
         assert_eq!(words("a b#c;"), [["a", "b#c"]]);
         assert_eq!(words("a ${x}y;"), [["a", "${x}y"]]);
-        assert_eq!(words(r#"a "x\"y" 'p\'q' \;z;"#), [["a", "x\"y", "p'q", "\\;z"]]);
+        assert_eq!(
+            words(r#"a "x\"y" 'p\'q' \;z;"#),
+            [["a", "x\"y", "p'q", "\\;z"]]
+        );
         assert_eq!(words(r"a \#arg\ 1;"), [["a", r"\#arg\ 1"]]);
         assert_eq!(words(r#"a "t\tn\nr\r\d";"#), [["a", "t\tn\nr\r\\d"]]);
-        assert_eq!(words(r#"if ($a = "b") { }"#), [["if", "($a", "=", "b", ")"]]);
+        assert_eq!(
+            words(r#"if ($a = "b") { }"#),
+            [["if", "($a", "=", "b", ")"]]
+        );
         assert_eq!(words("a 'x;{}' # c\n b;"), [["a", "x;{}", "b"]]);
     }
 

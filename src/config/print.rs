@@ -57,7 +57,12 @@ pub fn word(arg: &Arg) -> String {
 }
 
 pub fn quote(v: &str) -> String {
-    let special = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n' | ';' | '{' | '}' | '#' | '"' | '\'' | '\\');
+    let special = |c: char| {
+        matches!(
+            c,
+            ' ' | '\t' | '\r' | '\n' | ';' | '{' | '}' | '#' | '"' | '\'' | '\\'
+        )
+    };
     if !v.is_empty() && !v.contains(special) {
         return v.to_string();
     }

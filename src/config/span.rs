@@ -19,7 +19,11 @@ pub struct Span {
 
 impl Span {
     pub fn new(file: FileId, start: usize, end: usize) -> Span {
-        Span { file, start: start as u32, end: end as u32 }
+        Span {
+            file,
+            start: start as u32,
+            end: end as u32,
+        }
     }
 
     /// The empty span at `offset`.
@@ -53,7 +57,11 @@ impl SourceFile {
                 .filter(|&(_, b)| b == b'\n')
                 .map(|(i, _)| i as u32 + 1),
         );
-        SourceFile { origin, text, line_starts }
+        SourceFile {
+            origin,
+            text,
+            line_starts,
+        }
     }
 
     /// The name nginx prints for this source: the path, or "command line".
@@ -84,7 +92,10 @@ impl SourceFile {
     /// Byte range of a 0-based line, without its line feed.
     pub fn line_range(&self, index: usize) -> Option<std::ops::Range<usize>> {
         let start = *self.line_starts.get(index)? as usize;
-        let end = self.line_starts.get(index + 1).map_or(self.text.len(), |&e| e as usize);
+        let end = self
+            .line_starts
+            .get(index + 1)
+            .map_or(self.text.len(), |&e| e as usize);
         Some(start..end)
     }
 
@@ -93,7 +104,11 @@ impl SourceFile {
         let line = self.line_of(offset);
         let start = self.line_starts[line - 1] as usize;
         let end = (offset as usize).min(self.text.len());
-        let col = self.text.get(start..end).map_or(end - start, |s| s.chars().count()) + 1;
+        let col = self
+            .text
+            .get(start..end)
+            .map_or(end - start, |s| s.chars().count())
+            + 1;
         (line, col)
     }
 }
@@ -115,7 +130,10 @@ impl SourceMap {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (FileId, &SourceFile)> {
-        self.files.iter().enumerate().map(|(i, f)| (FileId(i as u32), f))
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (FileId(i as u32), f))
     }
 
     pub fn len(&self) -> usize {
@@ -128,6 +146,8 @@ impl SourceMap {
 
     /// The id of an already-read file with this path.
     pub fn find(&self, path: &Path) -> Option<FileId> {
-        self.iter().find(|(_, f)| f.path() == Some(path)).map(|(id, _)| id)
+        self.iter()
+            .find(|(_, f)| f.path() == Some(path))
+            .map(|(id, _)| id)
     }
 }

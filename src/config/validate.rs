@@ -8,8 +8,10 @@ use std::collections::HashSet;
 use super::ast::Directive;
 use super::diag::Diagnostic;
 use super::directives::{Context, Inner, Spec, Status, Table, Value};
+use super::env::{self, Environment};
 use super::load::{Included, Sources};
-use super::span::FileId;
+use super::span::{FileId, Span};
+use super::vars;
 
 /// How the main file is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +26,9 @@ pub enum Mode {
 /// directives of the http context (server, upstream, map, ...) and none that only the main
 /// context allows.
 pub fn detect_mode(sources: &Sources) -> Mode {
-    let Some(root) = sources.root else { return Mode::Main };
+    let Some(root) = sources.root else {
+        return Mode::Main;
+    };
     let table = Table::get();
     let (mut main_only, mut http_only) = (false, false);
     for d in &sources.tree(root).directives {
@@ -33,18 +37,28 @@ pub fn detect_mode(sources: &Sources) -> Mode {
         main_only |= main && !http;
         http_only |= http && !main;
     }
-    if http_only && !main_only { Mode::Http } else { Mode::Main }
+    if http_only && !main_only {
+        Mode::Http
+    } else {
+        Mode::Main
+    }
 }
 
 /// Walks the include-expanded tree and returns every diagnostic in the order nginx would meet it.
-pub fn validate(sources: &Sources, mode: Mode) -> Vec<Diagnostic> {
+pub fn validate(sources: &Sources, mode: Mode, env: Option<&dyn Environment>) -> Vec<Diagnostic> {
     let mut w = Walker {
         sources,
+        env,
+        upstreams: HashSet::new(),
+        implicit: Vec::new(),
+        listens: Vec::new(),
         table: Table::get(),
         out: Vec::new(),
         cursor: vec![0; sources.trees.len()],
         loaded: HashSet::new(),
         depth: 0,
+        vars: VarCheck::default(),
+        log_formats: HashSet::from(["combined".to_string()]),
     };
     if let Some(e) = &sources.root_error {
         w.out.push(e.clone());
@@ -64,15 +78,30 @@ pub fn validate(sources: &Sources, mode: Mode) -> Vec<Diagnostic> {
     }
     if let Some(root) = sources.root {
         w.file(root, top, &mut seen);
+        if mode == Mode::Http {
+            w.end_of_http();
+        }
         if mode == Mode::Main && !w.has_top(root, "events") {
-            w.out.push(Diagnostic::error("no-events", "no \"events\" section in configuration"));
+            w.out.push(Diagnostic::error(
+                "no-events",
+                "no \"events\" section in configuration",
+            ));
         }
     }
+    w.bind_listeners();
     w.out
 }
 
 struct Walker<'a> {
     sources: &'a Sources,
+    /// The machine, for the checks `nginx -t` makes of it; `None` for side-effect-free checks.
+    env: Option<&'a dyn Environment>,
+    /// Names of `upstream` blocks.
+    upstreams: HashSet<String>,
+    /// Hosts of `proxy_pass` URLs (implicit upstreams): host, port, the directive's place.
+    implicit: Vec<(String, u16, Span, Span)>,
+    /// Addresses of `listen` directives, as nginx prints them, and what they resolve to.
+    listens: Vec<(String, Vec<std::net::SocketAddr>)>,
     table: &'static Table,
     out: Vec<Diagnostic>,
     /// Per file: how many of its syntax errors have been reported.
@@ -80,6 +109,31 @@ struct Walker<'a> {
     /// Dynamic modules loaded with `load_module`.
     loaded: HashSet<String>,
     depth: usize,
+    vars: VarCheck,
+    /// `log_format` names defined so far (nginx requires definition before use).
+    log_formats: HashSet<String>,
+}
+
+/// Variables referenced and defined in the http context, checked when it ends.
+#[derive(Default)]
+struct VarCheck {
+    referenced: Vec<(String, Span)>,
+    seen: HashSet<String>,
+    defined: HashSet<String>,
+}
+
+fn is_http(ctx: Context) -> bool {
+    matches!(
+        ctx,
+        Context::Http
+            | Context::Server
+            | Context::Location
+            | Context::ServerIf
+            | Context::LocationIf
+            | Context::LimitExcept
+            | Context::Upstream
+            | Context::Opaque(_)
+    )
 }
 
 impl Walker<'_> {
@@ -104,7 +158,13 @@ impl Walker<'_> {
         }
     }
 
-    fn block(&mut self, file: FileId, directives: &[Directive], ctx: Context, seen: &mut HashSet<&'static str>) {
+    fn block(
+        &mut self,
+        file: FileId,
+        directives: &[Directive],
+        ctx: Context,
+        seen: &mut HashSet<&'static str>,
+    ) {
         for d in directives {
             self.syntax_errors(file, d.end);
             self.directive(file, d, ctx, seen);
@@ -112,11 +172,21 @@ impl Walker<'_> {
     }
 
     fn emit(&mut self, d: &Directive, diag: Diagnostic) {
-        let diag = if diag.span.is_none() { diag.at(d.name.span) } else { diag };
+        let diag = if diag.span.is_none() {
+            diag.at(d.name.span)
+        } else {
+            diag
+        };
         self.out.push(diag.line_at(d.end_span()));
     }
 
-    fn directive(&mut self, file: FileId, d: &Directive, ctx: Context, seen: &mut HashSet<&'static str>) {
+    fn directive(
+        &mut self,
+        file: FileId,
+        d: &Directive,
+        ctx: Context,
+        seen: &mut HashSet<&'static str>,
+    ) {
         let name = d.name();
         if let Context::Opaque(kind) = ctx {
             return self.entry(file, d, kind, seen);
@@ -127,11 +197,21 @@ impl Walker<'_> {
             .filter(|s| s.dynamic.is_none_or(|m| self.loaded.contains(m)))
             .collect();
         if candidates.is_empty() {
-            return self.emit(d, Diagnostic::error("unknown-directive", format!("unknown directive \"{name}\"")));
+            return self.emit(
+                d,
+                Diagnostic::error("unknown-directive", format!("unknown directive \"{name}\"")),
+            );
         }
         let Some(spec) = candidates.iter().copied().find(|s| s.allowed_in(ctx)) else {
-            let mut diag = Diagnostic::error("not-allowed", format!("\"{name}\" directive is not allowed here"));
-            let places = candidates.iter().flat_map(|s| s.context_names()).collect::<Vec<_>>().join(", ");
+            let mut diag = Diagnostic::error(
+                "not-allowed",
+                format!("\"{name}\" directive is not allowed here"),
+            );
+            let places = candidates
+                .iter()
+                .flat_map(|s| s.context_names())
+                .collect::<Vec<_>>()
+                .join(", ");
             diag = diag.note(format!("\"{name}\" is allowed in: {places}"));
             return self.emit(d, diag);
         };
@@ -151,7 +231,10 @@ impl Walker<'_> {
             return self.emit(d, Diagnostic::error("arguments", m));
         }
         if spec.once && !seen.insert(spec.name) {
-            return self.emit(d, Diagnostic::error("duplicate", format!("\"{name}\" directive is duplicate")));
+            return self.emit(
+                d,
+                Diagnostic::error("duplicate", format!("\"{name}\" directive is duplicate")),
+            );
         }
         if let Some(diag) = check_value(spec, d) {
             return self.emit(d, diag);
@@ -159,7 +242,29 @@ impl Walker<'_> {
         match name {
             "include" => return self.include(file, d, ctx, seen),
             "load_module" => self.load_module(d),
+            "log_format" if !self.log_formats.insert(d.args[0].value.clone()) => {
+                let m = format!("duplicate \"log_format\" name \"{}\"", d.args[0].value);
+                return self.emit(d, Diagnostic::error("duplicate", m));
+            }
+            "access_log" if d.args.len() >= 2 && d.args[0].value != "off" => {
+                let format = &d.args[1].value;
+                if !self.log_formats.contains(format) {
+                    let m = format!("unknown log format \"{format}\"");
+                    return self.emit(
+                        d,
+                        Diagnostic::error("unknown-log-format", m).at(d.args[1].span),
+                    );
+                }
+            }
             _ => {}
+        }
+        if is_http(ctx) {
+            if let Err(diag) = self.variables(d) {
+                return self.emit(d, diag);
+            }
+        }
+        if let Some(diag) = self.environment(d, spec, ctx) {
+            return self.emit(d, diag);
         }
         match spec.status {
             Status::Yes | Status::Noop => {}
@@ -185,11 +290,167 @@ impl Walker<'_> {
                 Inner::None => return,
             };
             self.block(file, &block.directives, inner, &mut HashSet::new());
+            if name == "http" {
+                self.end_of_http();
+            }
+        }
+    }
+
+    /// Records the variables a directive references and defines.
+    fn variables(&mut self, d: &Directive) -> Result<(), Diagnostic> {
+        let roles = vars::roles(d);
+        for regex in roles.regexes {
+            self.vars.defined.extend(vars::named_captures(regex));
+        }
+        self.vars
+            .defined
+            .extend(roles.defines.iter().map(|v| v.to_string()));
+        for value in roles.scripts {
+            let arg = d
+                .args
+                .iter()
+                .find(|a| a.value.as_bytes().as_ptr_range().contains(&value.as_ptr()));
+            let span = arg.map_or(d.name.span, |a| a.span);
+            let refs =
+                vars::references(value).map_err(|m| Diagnostic::error("variable", m).at(span))?;
+            for r in refs {
+                if self.vars.seen.insert(r.name.clone()) {
+                    self.vars.referenced.push((r.name, span));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what the machine checks need, and makes those nginx makes at the directive.
+    fn environment(&mut self, d: &Directive, spec: &Spec, ctx: Context) -> Option<Diagnostic> {
+        let arg = d.args.first()?;
+        match (spec.name, spec.module, ctx) {
+            ("upstream", "http_upstream", Context::Http) => {
+                self.upstreams.insert(arg.value.clone());
+            }
+            ("proxy_pass", ..) => {
+                let url = arg
+                    .value
+                    .strip_prefix("http://")
+                    .or_else(|| arg.value.strip_prefix("https://"))?;
+                let (host, port) = env::upstream_host(
+                    url,
+                    if arg.value.starts_with("https") {
+                        443
+                    } else {
+                        80
+                    },
+                )?;
+                if !self
+                    .implicit
+                    .iter()
+                    .any(|(h, p, ..)| *h == host && *p == port)
+                {
+                    self.implicit.push((host, port, d.end_span(), arg.span));
+                }
+            }
+            ("listen", "http_core", _) => {
+                let e = self.env?;
+                if let Some(addrs) = env::listen_addrs(&arg.value, e) {
+                    if !self.listens.iter().any(|(shown, _)| *shown == addrs.0) {
+                        self.listens.push(addrs);
+                    }
+                }
+            }
+            ("server", "http_upstream", Context::Upstream) => {
+                let e = self.env?;
+                let (host, port) = env::upstream_host(&arg.value, 80)?;
+                if host.parse::<std::net::IpAddr>().is_err() && !e.resolves(&host, port) {
+                    let m = format!("host not found in upstream \"{}\"", arg.value);
+                    return Some(Diagnostic::error("host-not-found", m).at(arg.span));
+                }
+            }
+            ("user", _, Context::Main) => {
+                let e = self.env?;
+                if !e.is_root() {
+                    let m = "the \"user\" directive makes sense only if the master process runs with super-user privileges, ignored";
+                    self.emit(d, Diagnostic::warning("user", m));
+                    return None;
+                }
+                let user = &arg.value;
+                if !e.user_exists(user) {
+                    return Some(
+                        Diagnostic::error("user", format!("getpwnam(\"{user}\") failed"))
+                            .at(arg.span),
+                    );
+                }
+                let group = d.args.get(1).unwrap_or(arg);
+                if !e.group_exists(&group.value) {
+                    let m = format!("getgrnam(\"{}\") failed", group.value);
+                    return Some(Diagnostic::error("user", m).at(group.span));
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// nginx's checks when an http block has been read: implicit upstreams resolved, then
+    /// every referenced variable known.
+    fn end_of_http(&mut self) {
+        if let Some(e) = self.env {
+            for (host, port, line_at, span) in std::mem::take(&mut self.implicit) {
+                let named = self.upstreams.contains(&host)
+                    || self.upstreams.contains(&format!("{host}:{port}"));
+                if !named && host.parse::<std::net::IpAddr>().is_err() && !e.resolves(&host, port) {
+                    let m = format!("host not found in upstream \"{host}\"");
+                    self.out.push(
+                        Diagnostic::error("host-not-found", m)
+                            .at(span)
+                            .line_at(line_at),
+                    );
+                }
+            }
+        }
+        self.unknown_variables();
+    }
+
+    /// nginx -t opens the listening sockets; an address already in use is fine in a test.
+    fn bind_listeners(&mut self) {
+        let Some(e) = self.env else { return };
+        for (shown, addrs) in std::mem::take(&mut self.listens) {
+            for addr in addrs {
+                if let Err((code, text)) = e.bind(addr) {
+                    if code != libc::EADDRINUSE {
+                        let m = format!("bind() to {shown} failed ({code}: {text})");
+                        self.out.push(Diagnostic::error("bind", m));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// nginx's check at the end of the http block: every referenced variable must exist.
+    fn unknown_variables(&mut self) {
+        let builtins = vars::Builtins::get();
+        let check = std::mem::take(&mut self.vars);
+        for (name, span) in check.referenced {
+            if !check.defined.contains(&name) && !builtins.knows(&name, &self.loaded) {
+                let m = format!("unknown \"{name}\" variable");
+                self.out.push(
+                    Diagnostic::error("unknown-variable", m)
+                        .at(span)
+                        .unlocated(),
+                );
+            }
         }
     }
 
     /// An entry of `types`, `map`, `geo`, `split_clients` or `charset_map`.
-    fn entry(&mut self, file: FileId, d: &Directive, kind: &'static str, seen: &mut HashSet<&'static str>) {
+    fn entry(
+        &mut self,
+        file: FileId,
+        d: &Directive,
+        kind: &'static str,
+        seen: &mut HashSet<&'static str>,
+    ) {
         if d.block.is_some() {
             let diag = Diagnostic::error("syntax", "unexpected \"{\"").at(d.end_span());
             return self.out.push(diag.line_at(d.end_span()));
@@ -199,6 +460,23 @@ impl Walker<'_> {
             return self.include(file, d, Context::Opaque(kind), seen);
         }
         if kind == "map" {
+            if d.name().starts_with('~') {
+                self.vars.defined.extend(vars::named_captures(
+                    d.name().trim_start_matches("~*").trim_start_matches('~'),
+                ));
+            }
+            if let Some(value) = d.args.first() {
+                match vars::references(&value.value) {
+                    Ok(refs) => {
+                        for r in refs {
+                            if self.vars.seen.insert(r.name.clone()) {
+                                self.vars.referenced.push((r.name, value.span));
+                            }
+                        }
+                    }
+                    Err(m) => self.emit(d, Diagnostic::error("variable", m).at(value.span)),
+                }
+            }
             let n = d.args.len() + 1;
             let single = matches!(d.name(), "hostnames" | "volatile");
             if (single && n != 1) || (!single && n != 2) {
@@ -208,7 +486,13 @@ impl Walker<'_> {
         }
     }
 
-    fn include(&mut self, file: FileId, d: &Directive, ctx: Context, seen: &mut HashSet<&'static str>) {
+    fn include(
+        &mut self,
+        file: FileId,
+        d: &Directive,
+        ctx: Context,
+        seen: &mut HashSet<&'static str>,
+    ) {
         match self.sources.included(file, d) {
             Some(Included::Files(ids)) => {
                 for &id in ids {
@@ -271,14 +555,22 @@ fn check_value(spec: &Spec, d: &Directive) -> Option<Diagnostic> {
             if v.eq_ignore_ascii_case("on") || v.eq_ignore_ascii_case("off") {
                 true
             } else {
-                let m = format!("invalid value \"{v}\" in \"{name}\" directive, it must be \"on\" or \"off\"");
+                let m = format!(
+                    "invalid value \"{v}\" in \"{name}\" directive, it must be \"on\" or \"off\""
+                );
                 return Some(Diagnostic::error("invalid-value", m).at(arg.span));
             }
         }
         Value::Num => {
             let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
             if !ok {
-                return Some(Diagnostic::error("invalid-value", format!("\"{name}\" directive invalid number")).at(arg.span));
+                return Some(
+                    Diagnostic::error(
+                        "invalid-value",
+                        format!("\"{name}\" directive invalid number"),
+                    )
+                    .at(arg.span),
+                );
             }
             true
         }
@@ -287,7 +579,13 @@ fn check_value(spec: &Spec, d: &Directive) -> Option<Diagnostic> {
         Value::Msec => parse_time(v, false).is_some(),
         Value::Sec => parse_time(v, true).is_some(),
     };
-    (!ok).then(|| Diagnostic::error("invalid-value", format!("\"{name}\" directive invalid value")).at(arg.span))
+    (!ok).then(|| {
+        Diagnostic::error(
+            "invalid-value",
+            format!("\"{name}\" directive invalid value"),
+        )
+        .at(arg.span)
+    })
 }
 
 /// nginx's `ngx_parse_size` / `ngx_parse_offset`: digits with an optional k, m (or g) suffix.
