@@ -101,7 +101,11 @@ impl Diagnostic {
 
     /// nginx's form, without the `nginx: [level] ` prefix: `MESSAGE in FILE:LINE`.
     pub fn nginx_message(&self, sources: &SourceMap) -> String {
+        let from_command_line = self
+            .span
+            .is_some_and(|s| sources.get(s.file).origin == super::span::Origin::CommandLine);
         match self.location(sources) {
+            Some(_) if from_command_line => format!("{} in command line", self.message),
             Some((name, line)) => format!("{} in {}:{}", self.message, name, line),
             None => self.message.clone(),
         }

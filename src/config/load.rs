@@ -125,6 +125,12 @@ pub fn load(fs: &dyn Fs, paths: &Paths, globals: Option<&str>) -> Sources {
     if let Some(g) = globals {
         let id = loader.add(Origin::CommandLine, g.to_string());
         loader.sources.globals = Some(id);
+        // nginx reads -g as a parameter, not a file: its own wording for the same errors.
+        for e in &mut loader.sources.syntax_errors[id.0 as usize] {
+            if e.message.starts_with("unexpected end of file") {
+                e.message = "unexpected end of parameter, expecting \";\"".to_string();
+            }
+        }
     }
     match loader.read(&paths.conf_file) {
         Ok(id) => {

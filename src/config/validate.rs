@@ -188,6 +188,10 @@ impl Walker<'_> {
         seen: &mut HashSet<&'static str>,
     ) {
         let name = d.name();
+        if d.block.is_some() && Some(file) == self.sources.globals {
+            let m = "block directives are not supported in -g option";
+            return self.emit(d, Diagnostic::error("syntax", m));
+        }
         if let Context::Opaque(kind) = ctx {
             return self.entry(file, d, kind, seen);
         }

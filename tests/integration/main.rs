@@ -2,6 +2,6 @@
 //! `portico` binary; where nginx is installed, the same input also goes through `nginx -t`
 //! and the two verdicts are compared.
 
-mod support;
-mod golden;
 mod corpus;
+mod golden;
+mod support;

@@ -13,8 +13,15 @@ pub fn portico() -> Command {
 /// nginx, if installed (CI installs it; `.ci/run` says how). Set PORTICO_REQUIRE_NGINX=1 to
 /// make its absence a failure rather than a skip.
 pub fn nginx_binary() -> Option<PathBuf> {
-    let candidates = [std::env::var("NGINX_BINARY").ok(), Some("/usr/sbin/nginx".into())];
-    let found = candidates.into_iter().flatten().map(PathBuf::from).find(|p| p.exists());
+    let candidates = [
+        std::env::var("NGINX_BINARY").ok(),
+        Some("/usr/sbin/nginx".into()),
+    ];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
     if found.is_none() && std::env::var("PORTICO_REQUIRE_NGINX").is_ok_and(|v| v == "1") {
         panic!("nginx is required (PORTICO_REQUIRE_NGINX=1) but was not found");
     }
@@ -33,8 +40,15 @@ pub struct Verdict {
 
 fn verdict(output: std::process::Output) -> Verdict {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let first_error = stderr.lines().find_map(|l| l.split_once("[emerg] ").map(|(_, m)| strip_stamp(m).to_string()));
-    Verdict { ok: output.status.success(), first_error, stderr }
+    let first_error = stderr.lines().find_map(|l| {
+        l.split_once("[emerg] ")
+            .map(|(_, m)| strip_stamp(m).to_string())
+    });
+    Verdict {
+        ok: output.status.success(),
+        first_error,
+        stderr,
+    }
 }
 
 /// nginx prefixes some messages with `PID#TID: `; drop it.
@@ -47,7 +61,14 @@ fn strip_stamp(m: &str) -> &str {
 
 /// `portico -t -p PREFIX -c CONF`.
 pub fn portico_test(prefix: &Path, conf: &Path) -> Verdict {
-    let out = portico().arg("-t").arg("-p").arg(prefix).arg("-c").arg(conf).output().expect("run portico");
+    let out = portico()
+        .arg("-t")
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(conf)
+        .output()
+        .expect("run portico");
     verdict(out)
 }
 
