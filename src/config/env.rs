@@ -60,9 +60,10 @@ impl Environment for RealEnvironment {
 }
 
 /// The host and port of an upstream URL or `server` address, if it names a host to resolve
-/// (not a unix socket, not built from variables).
+/// (not a unix socket). An upstream `server` takes no variables, so nginx looks `${X}` up as
+/// a name; callers skip URLs built from variables themselves.
 pub fn upstream_host(addr: &str, default_port: u16) -> Option<(String, u16)> {
-    if addr.contains('$') || addr.starts_with("unix:") {
+    if addr.starts_with("unix:") {
         return None;
     }
     let authority = addr.split('/').next()?;
@@ -134,6 +135,6 @@ mod tests {
         assert_eq!(upstream_host("backend", 80), Some(("backend".into(), 80)));
         assert_eq!(upstream_host("[::1]:81", 80), Some(("::1".into(), 81)));
         assert_eq!(upstream_host("unix:/tmp/s.sock", 80), None);
-        assert_eq!(upstream_host("$backend", 80), None);
+        assert_eq!(upstream_host("${HOST}", 80), Some(("${HOST}".into(), 80)));
     }
 }

@@ -333,7 +333,7 @@ impl Walker<'_> {
             ("upstream", "http_upstream", Context::Http) => {
                 self.upstreams.insert(arg.value.clone());
             }
-            ("proxy_pass", ..) => {
+            ("proxy_pass", ..) if !arg.value.contains('$') => {
                 let url = arg
                     .value
                     .strip_prefix("http://")
