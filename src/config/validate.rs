@@ -553,6 +553,20 @@ fn check_value(spec: &Spec, d: &Directive) -> Option<Diagnostic> {
     let name = d.name();
     let arg = d.args.first()?;
     let v = arg.value.as_str();
+    let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    // Handlers of their own, with their own wording.
+    match name {
+        "worker_connections" if !digits => {
+            return Some(
+                Diagnostic::error("invalid-value", format!("invalid number \"{v}\"")).at(arg.span),
+            );
+        }
+        "worker_processes" if !digits && v != "auto" => {
+            let m = "\"worker_processes\" directive invalid value";
+            return Some(Diagnostic::error("invalid-value", m).at(arg.span));
+        }
+        _ => {}
+    }
     let ok = match spec.value {
         Value::Any => true,
         Value::Flag => {
