@@ -101,6 +101,49 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ColorWhen::Auto)]
         color: ColorWhen,
     },
+    /// Explain how a request would be routed: the server and location chosen (with file:line),
+    /// the handler, and for a proxy the exact request the upstream would get.
+    ///
+    /// Example: portico route -c site.conf -H 'Cookie: a=1' 'GET http://example.com/app/?x=1'
+    Route {
+        /// The request: a method and a target, absolute (http://host/path) or origin-form
+        /// (/path, with the host from -H 'Host: ...' or --to).
+        request: String,
+        /// The configuration file (default: /etc/nginx/nginx.conf).
+        #[arg(short = 'c', value_name = "FILE")]
+        conf: Option<PathBuf>,
+        /// The prefix path (default: /usr/share/nginx/).
+        #[arg(short = 'p', value_name = "PREFIX")]
+        prefix: Option<PathBuf>,
+        /// A request header, 'Name: value' (repeatable, kept in order).
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// The listening address the request arrives on (default: the first one configured).
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: Option<String>,
+        /// The client's address.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:50000")]
+        from: std::net::SocketAddr,
+        /// The request has a body of this many bytes.
+        #[arg(long, value_name = "BYTES")]
+        body: Option<u64>,
+        /// The request comes over TLS.
+        #[arg(long)]
+        https: bool,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Print the compiled plan: sockets, servers, locations, upstreams.
+    Plan {
+        /// The configuration file (default: /etc/nginx/nginx.conf).
+        #[arg(short = 'c', value_name = "FILE")]
+        conf: Option<PathBuf>,
+        /// The prefix path (default: /usr/share/nginx/).
+        #[arg(short = 'p', value_name = "PREFIX")]
+        prefix: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
     /// Print the directive table (what Portico knows and implements) as Markdown or TSV.
     Directives {
         #[arg(long, value_enum, default_value_t = TableFormat::Markdown)]
@@ -113,6 +156,12 @@ pub enum ColorWhen {
     Auto,
     Always,
     Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -151,6 +200,11 @@ pub enum Action {
     Directives {
         format: TableFormat,
     },
+    Route(crate::inspect::RouteArgs),
+    Plan {
+        paths: crate::config::Paths,
+        format: OutputFormat,
+    },
 }
 
 impl Cli {
@@ -177,6 +231,38 @@ impl Cli {
                 };
             }
             Some(Command::Directives { format }) => return Action::Directives { format },
+            Some(Command::Route {
+                request,
+                conf,
+                prefix,
+                headers,
+                to,
+                from,
+                body,
+                https,
+                format,
+            }) => {
+                return Action::Route(crate::inspect::RouteArgs {
+                    paths: paths_of(&cwd, prefix, conf),
+                    request,
+                    headers,
+                    to,
+                    from,
+                    body,
+                    https,
+                    format,
+                });
+            }
+            Some(Command::Plan {
+                conf,
+                prefix,
+                format,
+            }) => {
+                return Action::Plan {
+                    paths: paths_of(&cwd, prefix, conf),
+                    format,
+                };
+            }
             None => {}
         }
         if self.version || self.version_configure {
@@ -213,4 +299,16 @@ impl Cli {
             error_log: self.error_log,
         }
     }
+}
+
+/// Paths from -p and -c of the inspection subcommands: both relative to the current directory,
+/// as a tool's file arguments are (nginx's own -c is relative to the prefix).
+fn paths_of(
+    cwd: &std::path::Path,
+    prefix: Option<PathBuf>,
+    conf: Option<PathBuf>,
+) -> crate::config::Paths {
+    let prefix = prefix.map_or_else(|| PathBuf::from(DEFAULT_PREFIX), |p| cwd.join(p));
+    let conf = conf.map_or_else(|| PathBuf::from(DEFAULT_CONF), |c| cwd.join(c));
+    crate::config::Paths::new(&prefix, &conf)
 }

@@ -55,7 +55,9 @@ fn compile(paths: &Paths, globals: Option<String>) -> Compiled {
         globals,
         mode: None,
     };
-    config::compile_in(&RealFs, Some(&config::env::RealEnvironment), &options)
+    let mut compiled = config::compile_in(&RealFs, Some(&config::env::RealEnvironment), &options);
+    crate::plan::build(&mut compiled, &crate::inspect::lower_options(paths));
+    compiled
 }
 
 /// `-t` and `-T`: nginx's lines, every diagnostic, exit 0 or 1.
@@ -175,7 +177,8 @@ pub fn check(files: &[PathBuf], prefix: Option<PathBuf>, color: bool) -> ExitCod
                 .map_or_else(|| PathBuf::from("/"), Path::to_path_buf)
         });
         let paths = Paths::new(&prefix, file);
-        let compiled = config::compile(
+        let options = crate::inspect::lower_options(&paths);
+        let mut compiled = config::compile(
             &RealFs,
             &Options {
                 paths,
@@ -183,6 +186,7 @@ pub fn check(files: &[PathBuf], prefix: Option<PathBuf>, color: bool) -> ExitCod
                 mode: None,
             },
         );
+        crate::plan::build(&mut compiled, &options);
         let text = config::diag::render_rich(&compiled.diagnostics, &compiled.sources.map, color);
         let _ = out.write_all(text.as_bytes());
         let errors = compiled.diagnostics.iter().filter(|d| d.is_error()).count();

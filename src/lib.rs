@@ -4,3 +4,5 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod inspect;
+pub mod plan;

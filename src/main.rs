@@ -50,5 +50,7 @@ fn main() -> ExitCode {
             color,
         } => portico::commands::check(&files, prefix, color),
         Action::Directives { format } => portico::commands::directives(format),
+        Action::Route(args) => portico::inspect::route(&args),
+        Action::Plan { paths, format } => portico::inspect::plan(&paths, format),
     }
 }

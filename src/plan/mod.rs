@@ -1,0 +1,320 @@
+//! The routing plan: what the runtime serves from. The compiler lowers the checked tree into
+//! it once; it is immutable afterwards, shared behind an `Arc` and swapped whole on reload.
+//!
+//! Everything a request needs is decided here ahead of time: sockets with their server-name
+//! tables, each server's location tree, every location's merged settings (inheritance done),
+//! rewrite programs, compiled templates and regexes, upstream groups.
+
+pub mod listen;
+pub mod locations;
+mod lower;
+pub mod names;
+pub mod pages;
+pub mod regex;
+pub mod route;
+pub mod settings;
+pub mod template;
+pub mod uri;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use listen::{ListenAddr, ListenOpts};
+pub use locations::Locations;
+pub use lower::{LowerOptions, lower};
+pub use names::{NameTable, ServerName};
+pub use regex::Regex;
+pub use settings::Settings;
+pub use template::Template;
+
+use crate::config::span::Span;
+
+/// Where something was written: for messages and for `portico route`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Place {
+    pub file: String,
+    pub line: usize,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// The compiled configuration.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub sockets: Vec<Socket>,
+    pub servers: Vec<Server>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// `map` blocks by the variable they define.
+    pub maps: HashMap<String, Arc<Map>>,
+    /// Settings of the http level, for requests no server takes.
+    pub http: Arc<LocConf>,
+}
+
+/// One listening socket and the servers reachable through it.
+#[derive(Debug)]
+pub struct Socket {
+    pub addr: ListenAddr,
+    pub opts: ListenOpts,
+    /// Servers on this socket, by index into `Plan::servers`, in configuration order.
+    pub servers: Vec<usize>,
+    pub names: NameTable,
+    pub default: usize,
+}
+
+/// A `server {}` block.
+#[derive(Debug)]
+pub struct Server {
+    pub index: usize,
+    /// Names as written; the first is `$server_name`.
+    pub names: Vec<String>,
+    pub place: Place,
+    /// The server level's own settings and rewrite program (the "server rewrite" phase);
+    /// also the configuration of requests that match no location.
+    pub conf: Arc<LocConf>,
+    pub locations: Locations,
+    pub named: HashMap<String, Arc<Location>>,
+}
+
+impl Server {
+    pub fn name(&self) -> &str {
+        self.names.first().map_or("", String::as_str)
+    }
+}
+
+#[derive(Debug)]
+pub enum LocationKind {
+    Exact(String),
+    Prefix { name: String, noregex: bool },
+    Regex(Regex),
+    Named(String),
+}
+
+/// A `location {}` block.
+#[derive(Debug)]
+pub struct Location {
+    pub kind: LocationKind,
+    pub place: Place,
+    pub conf: Arc<LocConf>,
+    pub children: Locations,
+    /// The name ends with `/` and the location proxies: `/name` without the slash redirects.
+    pub auto_redirect: bool,
+}
+
+impl Location {
+    pub fn noregex(&self) -> bool {
+        matches!(self.kind, LocationKind::Prefix { noregex: true, .. })
+    }
+    pub fn is_regex(&self) -> bool {
+        matches!(self.kind, LocationKind::Regex(_))
+    }
+    pub fn is_exact(&self) -> bool {
+        matches!(self.kind, LocationKind::Exact(_))
+    }
+    /// The modifier as written: `=`, `^~`, `~`, `~*`, `@` or empty.
+    pub fn modifier(&self) -> &'static str {
+        match &self.kind {
+            LocationKind::Exact(_) => "=",
+            LocationKind::Prefix { noregex: true, .. } => "^~",
+            LocationKind::Prefix { .. } => "",
+            LocationKind::Regex(r) if r.caseless() => "~*",
+            LocationKind::Regex(_) => "~",
+            LocationKind::Named(_) => "@",
+        }
+    }
+    /// The name or pattern as written (without the modifier, but with `@` for named ones).
+    pub fn name(&self) -> &str {
+        match &self.kind {
+            LocationKind::Exact(n) | LocationKind::Prefix { name: n, .. } => n,
+            LocationKind::Regex(r) => r.as_str(),
+            LocationKind::Named(n) => n,
+        }
+    }
+}
+
+/// The merged configuration of one level (server, location, `if`, `limit_except`).
+#[derive(Debug, Default)]
+pub struct LocConf {
+    /// Inherited settings, merged from the outer levels.
+    pub settings: Settings,
+    /// The rewrite module's program of this level (not inherited).
+    pub ops: Vec<Op>,
+    /// `proxy_pass` of this level (inherited only into `if` and `limit_except`).
+    pub proxy: Option<Arc<ProxyPass>>,
+    /// `try_files` of this level.
+    pub try_files: Option<Vec<Template>>,
+    pub internal: bool,
+    /// The location name a proxied URI part replaces (`location /app/` + `proxy_pass
+    /// http://b/v1/`); empty outside prefix locations.
+    pub location_name: String,
+    /// `limit_except`: methods allowed, and the configuration for the others.
+    pub limit_except: Option<(Vec<String>, Arc<LocConf>)>,
+}
+
+/// One step of a rewrite program.
+#[derive(Debug)]
+pub enum Op {
+    Rewrite {
+        regex: Regex,
+        replacement: Template,
+        flag: RewriteFlag,
+        place: Place,
+    },
+    Return {
+        code: u16,
+        text: Option<Template>,
+        place: Place,
+    },
+    Set {
+        var: String,
+        value: Template,
+    },
+    If {
+        cond: Cond,
+        ops: Vec<Op>,
+        conf: Arc<LocConf>,
+        place: Place,
+    },
+    Break,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RewriteFlag {
+    None,
+    Last,
+    Break,
+    Redirect,
+    Permanent,
+}
+
+/// The condition of an `if`.
+#[derive(Debug)]
+pub enum Cond {
+    /// `if ($var)`: true unless empty or "0".
+    Value(Template),
+    Eq {
+        left: Template,
+        right: Template,
+        negate: bool,
+    },
+    Regex {
+        left: Template,
+        regex: Regex,
+        negate: bool,
+    },
+    /// `-f`, `-d`, `-e`, `-x` and their negations.
+    File {
+        test: char,
+        path: Template,
+        negate: bool,
+    },
+}
+
+/// `proxy_pass`.
+#[derive(Debug)]
+pub struct ProxyPass {
+    pub url: Template,
+    pub https: bool,
+    /// The upstream group, when the URL names one without variables.
+    pub upstream: Option<Arc<Upstream>>,
+    /// `$proxy_host`: the host part as written, with the port unless it is the default.
+    pub host: String,
+    pub port: u16,
+    /// The URI part, when the URL has one (`http://b/v1/` has `/v1/`).
+    pub uri: Option<String>,
+    pub place: Place,
+}
+
+/// An `upstream {}` block, or an implicit one from a `proxy_pass` URL.
+#[derive(Debug, Serialize)]
+pub struct Upstream {
+    pub name: String,
+    pub implicit: bool,
+    pub servers: Vec<Peer>,
+    pub balance: Balance,
+    pub keepalive: Option<Keepalive>,
+    pub place: Place,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Peer {
+    pub addr: PeerAddr,
+    pub weight: u32,
+    pub max_fails: u32,
+    /// Seconds.
+    pub fail_timeout: u64,
+    pub backup: bool,
+    pub down: bool,
+    pub max_conns: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PeerAddr {
+    /// Host (an IP address or a name the runtime resolves) and port.
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Unix {
+        path: String,
+    },
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            PeerAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            PeerAddr::Unix { path } => write!(f, "unix:{path}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    IpHash,
+    Hash { key: Template, consistent: bool },
+    Random { two: bool },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Keepalive {
+    pub connections: u32,
+    pub requests: u64,
+    /// Milliseconds.
+    pub timeout: u64,
+    pub time: u64,
+}
+
+/// A `map` block.
+#[derive(Debug)]
+pub struct Map {
+    pub source: Template,
+    pub exact: HashMap<String, Template>,
+    pub regexes: Vec<(Regex, Template)>,
+    pub default: Template,
+    pub hostnames: bool,
+    /// Wildcard entries when `hostnames` is set: (name, value), in order.
+    pub wildcards: Vec<(ServerName, Template)>,
+}
+
+/// Lowers `compiled` into a plan and adds lowering's diagnostics to it.
+pub fn build(compiled: &mut crate::config::Compiled, options: &LowerOptions) -> Plan {
+    let (plan, diagnostics) = lower(compiled, options);
+    // The checks and lowering both look at some directives (a duplicate `root`, ...): say it once.
+    for d in diagnostics {
+        let repeated = compiled.diagnostics.iter().any(|e| {
+            e.span.map(|s| s.start) == d.span.map(|s| s.start) && e.is_error() && d.is_error()
+        });
+        if !repeated {
+            compiled.diagnostics.push(d);
+        }
+    }
+    plan
+}

@@ -1,0 +1,260 @@
+//! Virtual-server selection on one socket, as `ngx_http_find_virtual_server` does it: the exact
+//! name, then the longest leading wildcard (`*.example.com`, `.example.com`), then the longest
+//! trailing wildcard (`mail.*`), then the regexes in the order the configuration gives them;
+//! otherwise the socket's default server.
+
+use std::collections::HashMap;
+
+use super::regex::{Captures, Regex};
+
+/// One `server_name` entry, as written.
+#[derive(Clone, Debug)]
+pub enum ServerName {
+    Exact(String),
+    /// `*.example.com` (stored as `example.com`), or `.example.com` (which also matches
+    /// `example.com` itself).
+    Head {
+        suffix: String,
+        dot: bool,
+    },
+    /// `mail.*`, stored as `mail`.
+    Tail(String),
+    Regex(Regex),
+}
+
+impl ServerName {
+    /// Reads one argument of `server_name`; `Err` is nginx's message.
+    pub fn parse(arg: &str) -> Result<ServerName, String> {
+        if let Some(re) = arg.strip_prefix('~') {
+            if re.is_empty() {
+                return Err(format!("empty regex in server name \"{arg}\""));
+            }
+            return Regex::new(re, true).map(ServerName::Regex);
+        }
+        let lower = arg.to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("*.") {
+            return Ok(ServerName::Head {
+                suffix: rest.to_string(),
+                dot: false,
+            });
+        }
+        if let Some(rest) = lower.strip_prefix('.') {
+            return Ok(ServerName::Head {
+                suffix: rest.to_string(),
+                dot: true,
+            });
+        }
+        if let Some(rest) = lower.strip_suffix(".*") {
+            return Ok(ServerName::Tail(rest.to_string()));
+        }
+        if lower.contains('*') {
+            return Err(format!("invalid server name or wildcard \"{arg}\""));
+        }
+        Ok(ServerName::Exact(lower))
+    }
+
+    /// The key two entries conflict on (the same hash key in nginx).
+    pub fn key(&self) -> String {
+        match self {
+            ServerName::Exact(n) => n.clone(),
+            ServerName::Head { suffix, dot: false } => format!("*.{suffix}"),
+            ServerName::Head { suffix, dot: true } => format!(".{suffix}"),
+            ServerName::Tail(p) => format!("{p}.*"),
+            ServerName::Regex(r) => format!("~{}", r.as_str()),
+        }
+    }
+}
+
+/// The names of every server on one socket, ready for lookup. Values are server indices.
+#[derive(Clone, Debug, Default)]
+pub struct NameTable {
+    exact: HashMap<String, usize>,
+    /// Leading wildcards by suffix: (server, whether the bare suffix matches too).
+    head: HashMap<String, (usize, bool)>,
+    tail: HashMap<String, usize>,
+    regex: Vec<(Regex, usize)>,
+    /// Longest suffix length in labels, to bound the walk.
+    has_wildcards: bool,
+}
+
+/// What the lookup found.
+#[derive(Debug)]
+pub struct Found {
+    pub server: usize,
+    pub captures: Option<Captures>,
+}
+
+impl NameTable {
+    /// Adds a name; returns `false` when an earlier server already claimed it (nginx warns
+    /// "conflicting server name" and keeps the first).
+    pub fn add(&mut self, name: &ServerName, server: usize) -> bool {
+        match name {
+            ServerName::Exact(n) => insert_first(&mut self.exact, n.clone(), server),
+            ServerName::Head { suffix, dot } => {
+                self.has_wildcards = true;
+                match self.head.get(suffix) {
+                    Some(_) => false,
+                    None => {
+                        self.head.insert(suffix.clone(), (server, *dot));
+                        true
+                    }
+                }
+            }
+            ServerName::Tail(prefix) => {
+                self.has_wildcards = true;
+                insert_first(&mut self.tail, prefix.clone(), server)
+            }
+            ServerName::Regex(r) => {
+                self.regex.push((r.clone(), server));
+                true
+            }
+        }
+    }
+
+    /// Finds the server for a validated, lower-cased host (no port, no trailing dot).
+    pub fn find(&self, host: &str) -> Option<Found> {
+        let found = |server| {
+            Some(Found {
+                server,
+                captures: None,
+            })
+        };
+        if let Some(&s) = self.exact.get(host) {
+            return found(s);
+        }
+        if self.has_wildcards && !host.is_empty() {
+            // Leading wildcards: try the longest suffix first.
+            let mut rest = host;
+            let mut first = true;
+            loop {
+                if let Some(&(s, dot)) = self.head.get(rest) {
+                    // "*.x" needs at least one label before "x"; ".x" also matches "x".
+                    if !first || dot {
+                        return found(s);
+                    }
+                }
+                match rest.find('.') {
+                    Some(i) => rest = &rest[i + 1..],
+                    None => break,
+                }
+                first = false;
+            }
+            // Trailing wildcards: the longest prefix of whole labels, with something after.
+            let mut end = host.len();
+            while let Some(i) = host[..end].rfind('.') {
+                if let Some(&s) = self.tail.get(&host[..i]) {
+                    return found(s);
+                }
+                end = i;
+            }
+        }
+        for (re, s) in &self.regex {
+            if let Some(c) = re.captures(host) {
+                return Some(Found {
+                    server: *s,
+                    captures: Some(c),
+                });
+            }
+        }
+        None
+    }
+}
+
+fn insert_first<V>(map: &mut HashMap<String, V>, key: String, value: V) -> bool {
+    if map.contains_key(&key) {
+        return false;
+    }
+    map.insert(key, value);
+    true
+}
+
+/// nginx's `ngx_http_validate_host`: lower-cases, drops the port and a trailing dot; `None`
+/// for a host nginx refuses with 400.
+pub fn validate_host(host: &str) -> Option<String> {
+    #[derive(PartialEq)]
+    enum St {
+        Usual,
+        Literal,
+        Rest,
+    }
+    let b = host.as_bytes();
+    let mut dot_pos = b.len();
+    let mut host_len = b.len();
+    let mut state = St::Usual;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'.' => {
+                if i > 0 && dot_pos == i - 1 {
+                    return None;
+                }
+                dot_pos = i;
+            }
+            b':' if state == St::Usual => {
+                host_len = i;
+                state = St::Rest;
+            }
+            b'[' if i == 0 => state = St::Literal,
+            b']' if state == St::Literal => {
+                host_len = i + 1;
+                state = St::Rest;
+            }
+            b'/' | 0 => return None,
+            _ if c <= 0x20 || c == 0x7f => return None,
+            _ => {}
+        }
+    }
+    if host_len > 0 && dot_pos == host_len - 1 {
+        host_len -= 1;
+    }
+    if host_len == 0 {
+        return None;
+    }
+    Some(host[..host_len].to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(names: &[(&str, usize)]) -> NameTable {
+        let mut t = NameTable::default();
+        for (n, s) in names {
+            t.add(&ServerName::parse(n).unwrap(), *s);
+        }
+        t
+    }
+
+    #[test]
+    fn precedence_is_nginx() {
+        let t = table(&[
+            ("~^www\\.(?<d>.+)$", 4),
+            ("mail.*", 3),
+            ("*.example.com", 1),
+            ("www.example.com", 0),
+            (".example.org", 2),
+        ]);
+        let f = |h: &str| t.find(h).map(|f| f.server);
+        assert_eq!(f("www.example.com"), Some(0));
+        assert_eq!(f("a.b.example.com"), Some(1));
+        assert_eq!(f("example.com"), None);
+        assert_eq!(f("example.org"), Some(2));
+        assert_eq!(f("x.example.org"), Some(2));
+        assert_eq!(f("mail.foo.net"), Some(3));
+        assert_eq!(f("mail"), None);
+        assert_eq!(f("www.other.net"), Some(4));
+        let c = t.find("www.other.net").unwrap().captures.unwrap();
+        assert_eq!(c.named("d"), Some("other.net"));
+    }
+
+    #[test]
+    fn hosts_are_validated() {
+        assert_eq!(
+            validate_host("Example.COM.:8080").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(validate_host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(validate_host("a..b"), None);
+        assert_eq!(validate_host("a/b"), None);
+        assert_eq!(validate_host(""), None);
+    }
+}

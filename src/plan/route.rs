@@ -1,0 +1,1085 @@
+//! Routing: one request through a plan, as nginx's phases take it: the socket's server by
+//! `Host`, the server's rewrite program, the location, the location's rewrite program (with
+//! `if`), `last` restarting the search, then the content handler. The runtime calls this, and
+//! `portico route` prints what it returns: there is one routing code path.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::locations::Match;
+use super::names::validate_host;
+use super::pages;
+use super::regex::Captures;
+use super::template::{Resolve, Template, Var};
+use super::uri::{self, Escape};
+use super::*;
+
+/// A request as the router needs it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    /// The target as the client sent it (origin-form or absolute-form).
+    pub target: String,
+    /// `HTTP/1.1`, `HTTP/1.0`.
+    pub version: String,
+    /// Header lines in the order received.
+    pub headers: Vec<(String, String)>,
+    pub remote: SocketAddr,
+    /// The socket the request came in on (the local address for TCP).
+    pub local: ListenAddr,
+    pub https: bool,
+    /// The length of the body, when there is one.
+    pub body_len: Option<u64>,
+    pub chunked: bool,
+}
+
+/// The request line and headers that would go to the upstream.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpstreamRequest {
+    pub method: String,
+    pub target: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// What happens to the request.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Outcome {
+    /// An answer of Portico's own: `return`, a redirect, an error page.
+    Return {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Option<String>,
+    },
+    Proxy {
+        upstream: String,
+        #[serde(skip)]
+        pass: Arc<ProxyPass>,
+        /// The host and port when the upstream is not a known group (variables in the URL).
+        url: Option<String>,
+        request: UpstreamRequest,
+    },
+    /// A file (or directory listing / index) under `root`/`alias`.
+    File { path: String },
+}
+
+/// The decision for one request.
+#[derive(Debug)]
+pub struct Decision {
+    pub server: usize,
+    pub location: Option<Arc<Location>>,
+    /// The configuration the request ends in (a location's, or an `if`'s inside it).
+    pub conf: Arc<LocConf>,
+    pub outcome: Outcome,
+    /// `$uri` and `$args` after rewrites.
+    pub uri: String,
+    pub args: String,
+    /// What was done, step by step, for `portico route`.
+    pub trace: Vec<String>,
+}
+
+/// How many times `last` and internal redirects may restart the search (nginx: 10).
+const MAX_CYCLES: usize = 10;
+
+/// Routes `req` through `plan`. `files` answers `try_files` and `-f` questions; the runtime
+/// passes the real file system.
+pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
+    let socket = find_socket(plan, &req.local);
+    let Some(socket) = socket else {
+        return bare(plan, 0, req, 400, "no server listens on the address");
+    };
+    // The host: an absolute-form target's authority, else the Host header.
+    let (authority, path_target) = split_absolute(&req.target);
+    let host_raw = authority
+        .map(str::to_string)
+        .or_else(|| header(&req.headers, "host").map(str::to_string));
+    let host = match &host_raw {
+        Some(h) => match validate_host(h) {
+            Some(h) => h,
+            None => return bare(plan, socket.default, req, 400, "invalid host"),
+        },
+        None => String::new(),
+    };
+    let (server_index, captures) = match socket.names.find(&host) {
+        Some(f) => (f.server, f.captures),
+        None => (socket.default, None),
+    };
+    let server = &plan.servers[server_index];
+    let mut st = State::new(plan, req, server, host);
+    st.trace.push(format!(
+        "server {:?} at {}:{} ({})",
+        server.name(),
+        server.place.file,
+        server.place.line,
+        if captures.is_some() || socket.names.find(&st.host).is_some() {
+            "by name"
+        } else {
+            "default server"
+        }
+    ));
+    if let Some(c) = captures {
+        st.set_captures(c);
+    }
+    let parsed = match uri::parse(path_target, server.conf.settings.merge_slashes()) {
+        Ok(u) => u,
+        Err(_) => return st.finish_error(400),
+    };
+    st.uri = parsed.path;
+    st.args = parsed.args;
+    st.quoted = parsed.quoted;
+    st.plus = parsed.plus;
+    st.unparsed = path_target.to_string();
+    st.headers = filter_headers(&req.headers, &server.conf);
+
+    // Server rewrite phase.
+    st.conf = server.conf.clone();
+    match st.run(&server.conf.ops.iter().collect::<Vec<_>>(), files) {
+        Flow::Done(outcome) => return st.finish(outcome),
+        Flow::Next | Flow::Last | Flow::Break => {}
+    }
+    st.find_and_serve(files)
+}
+
+/// Answers the file questions of `try_files` and `if (-f ...)`.
+pub trait FileCheck {
+    fn is_file(&self, path: &str) -> bool;
+    fn is_dir(&self, path: &str) -> bool;
+    fn exists(&self, path: &str) -> bool {
+        self.is_file(path) || self.is_dir(path)
+    }
+    fn is_executable(&self, path: &str) -> bool {
+        self.is_file(path)
+    }
+}
+
+/// The real file system.
+pub struct RealFiles;
+
+impl FileCheck for RealFiles {
+    fn is_file(&self, path: &str) -> bool {
+        std::path::Path::new(path).is_file()
+    }
+    fn is_dir(&self, path: &str) -> bool {
+        std::path::Path::new(path).is_dir()
+    }
+}
+
+fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> Decision {
+    let conf = plan
+        .servers
+        .get(server)
+        .map_or_else(|| plan.http.clone(), |s| s.conf.clone());
+    let tokens = conf.settings.server_tokens();
+    let _ = req;
+    Decision {
+        server,
+        location: None,
+        conf,
+        outcome: Outcome::Return {
+            status,
+            headers: Vec::new(),
+            body: pages::default_page(status, tokens),
+        },
+        uri: String::new(),
+        args: String::new(),
+        trace: vec![why.to_string()],
+    }
+}
+
+/// The socket a request arrived on: the exact address, else the wildcard one of that port.
+pub fn find_socket<'p>(plan: &'p Plan, local: &ListenAddr) -> Option<&'p Socket> {
+    if let Some(s) = plan.sockets.iter().find(|s| s.addr == *local) {
+        return Some(s);
+    }
+    if let ListenAddr::Tcp(a) = local {
+        return plan.sockets.iter().find(|s| match &s.addr {
+            ListenAddr::Tcp(b) => {
+                b.port() == a.port() && b.ip().is_unspecified() && b.is_ipv4() == a.is_ipv4()
+            }
+            _ => false,
+        });
+    }
+    None
+}
+
+/// `http://host/path` → (Some(host), "/path"); an origin-form target is returned as is.
+pub fn split_absolute(target: &str) -> (Option<&str>, &str) {
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return (None, target);
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (Some(&rest[..i]), &rest[i..]),
+        Some(i) => (Some(&rest[..i]), &rest[i - 1..i]),
+        None => (Some(rest), "/"),
+    }
+}
+
+fn header<'r>(headers: &'r [(String, String)], name: &str) -> Option<&'r str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// nginx ignores header lines with invalid names (with `_` unless `underscores_in_headers`).
+fn filter_headers(headers: &[(String, String)], conf: &LocConf) -> Vec<(String, String)> {
+    let underscores = conf.settings.underscores_in_headers();
+    let ignore = conf.settings.ignore_invalid_headers();
+    headers
+        .iter()
+        .filter(|(n, _)| {
+            !ignore
+                || n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (b == b'_' && underscores))
+        })
+        .cloned()
+        .collect()
+}
+
+enum Flow {
+    /// The program ran to its end.
+    Next,
+    /// `rewrite ... last` (or a changed URI at the end of a location's program).
+    Last,
+    /// `break` or `rewrite ... break`.
+    Break,
+    Done(Outcome),
+}
+
+struct State<'p> {
+    plan: &'p Plan,
+    req: &'p Request,
+    server: &'p Server,
+    host: String,
+    uri: String,
+    args: String,
+    quoted: bool,
+    plus: bool,
+    unparsed: String,
+    headers: Vec<(String, String)>,
+    captures: Option<Captures>,
+    vars: HashMap<String, String>,
+    conf: Arc<LocConf>,
+    location: Option<Arc<Location>>,
+    internal: bool,
+    valid_unparsed: bool,
+    valid_location: bool,
+    uri_changed: bool,
+    proxy: Option<(String, u16)>,
+    trace: Vec<String>,
+}
+
+impl<'p> State<'p> {
+    fn new(plan: &'p Plan, req: &'p Request, server: &'p Server, host: String) -> Self {
+        State {
+            plan,
+            req,
+            server,
+            host,
+            uri: String::new(),
+            args: String::new(),
+            quoted: false,
+            plus: false,
+            unparsed: String::new(),
+            headers: Vec::new(),
+            captures: None,
+            vars: HashMap::new(),
+            conf: server.conf.clone(),
+            location: None,
+            internal: false,
+            valid_unparsed: true,
+            valid_location: true,
+            uri_changed: false,
+            proxy: None,
+            trace: Vec::new(),
+        }
+    }
+
+    fn set_captures(&mut self, c: Captures) {
+        for (name, _) in &c.names {
+            let v = c.named(name).unwrap_or("").to_string();
+            self.vars.insert(name.to_ascii_lowercase(), v);
+        }
+        self.captures = Some(c);
+    }
+
+    fn finish(self, outcome: Outcome) -> Decision {
+        Decision {
+            server: self.server.index,
+            location: self.location,
+            conf: self.conf,
+            outcome,
+            uri: self.uri,
+            args: self.args,
+            trace: self.trace,
+        }
+    }
+
+    fn finish_error(mut self, status: u16) -> Decision {
+        let outcome = self.status(status, None);
+        self.finish(outcome)
+    }
+
+    /// An answer with `status` and an optional text, as `return` and errors give it.
+    fn status(&mut self, status: u16, text: Option<String>) -> Outcome {
+        let tokens = self.conf.settings.server_tokens();
+        let redirect = matches!(status, 301 | 302 | 303 | 307 | 308);
+        let mut headers = Vec::new();
+        let body = if redirect {
+            if let Some(location) = text {
+                headers.push(("Location".to_string(), self.absolute(&location)));
+            }
+            pages::default_page(status, tokens)
+        } else if let Some(t) = text {
+            Some(t)
+        } else {
+            pages::default_page(status, tokens)
+        };
+        Outcome::Return {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// nginx makes a relative `Location` absolute (`absolute_redirect`).
+    fn absolute(&self, location: &str) -> String {
+        let s = &self.conf.settings;
+        if !location.starts_with('/') || !s.absolute_redirect() {
+            return location.to_string();
+        }
+        let scheme = if self.req.https { "https" } else { "http" };
+        let host = if s.server_name_in_redirect() {
+            self.server.name().to_string()
+        } else if !self.host.is_empty() {
+            self.host.clone()
+        } else {
+            match &self.req.local {
+                ListenAddr::Tcp(a) => a.ip().to_string(),
+                _ => "localhost".to_string(),
+            }
+        };
+        let port = self.req.local.port();
+        let default = if self.req.https { 443 } else { 80 };
+        if s.port_in_redirect() && port != default && port != 0 {
+            format!("{scheme}://{host}:{port}{location}")
+        } else {
+            format!("{scheme}://{host}{location}")
+        }
+    }
+
+    fn eval(&self, t: &Template) -> String {
+        t.eval(self)
+    }
+
+    /// Runs a rewrite program (the server's, a location's, an `if`'s).
+    fn run(&mut self, ops: &[&Op], files: &dyn FileCheck) -> Flow {
+        for op in ops {
+            match op {
+                Op::Rewrite {
+                    regex,
+                    replacement,
+                    flag,
+                    place,
+                } => {
+                    let Some(c) = regex.captures(&self.uri) else {
+                        continue;
+                    };
+                    self.set_captures(c);
+                    let result = self.eval(replacement);
+                    self.trace.push(format!(
+                        "rewrite at {}:{}: {} -> {}",
+                        place.file, place.line, self.uri, result
+                    ));
+                    let redirect = result.starts_with("http://")
+                        || result.starts_with("https://")
+                        || replacement.source.starts_with("$scheme")
+                        || matches!(flag, RewriteFlag::Redirect | RewriteFlag::Permanent);
+                    let (new_uri, new_args, keep_args) = match result.split_once('?') {
+                        Some((u, a)) => match a.strip_suffix('?') {
+                            Some(a) => (u.to_string(), a.to_string(), false),
+                            None => (u.to_string(), a.to_string(), true),
+                        },
+                        None => (result.clone(), String::new(), true),
+                    };
+                    let has_new_args = result.contains('?');
+                    let args = if !has_new_args {
+                        self.args.clone()
+                    } else if keep_args && !self.args.is_empty() && !new_args.is_empty() {
+                        format!("{new_args}&{}", self.args)
+                    } else if keep_args && new_args.is_empty() {
+                        self.args.clone()
+                    } else {
+                        new_args
+                    };
+                    if redirect {
+                        let status = if *flag == RewriteFlag::Permanent {
+                            301
+                        } else {
+                            302
+                        };
+                        let location = if args.is_empty() {
+                            new_uri
+                        } else {
+                            format!("{new_uri}?{args}")
+                        };
+                        return Flow::Done(self.status(status, Some(location)));
+                    }
+                    self.uri = new_uri;
+                    self.args = args;
+                    self.valid_unparsed = false;
+                    match flag {
+                        RewriteFlag::Last => {
+                            self.uri_changed = true;
+                            return Flow::Last;
+                        }
+                        RewriteFlag::Break => {
+                            self.valid_location = false;
+                            self.uri_changed = false;
+                            return Flow::Break;
+                        }
+                        _ => self.uri_changed = true,
+                    }
+                }
+                Op::Return { code, text, place } => {
+                    self.trace
+                        .push(format!("return at {}:{}", place.file, place.line));
+                    let text = text.as_ref().map(|t| self.eval(t));
+                    return Flow::Done(self.status(*code, text));
+                }
+                Op::Set { var, value } => {
+                    let v = self.eval(value);
+                    self.vars.insert(var.clone(), v);
+                }
+                Op::Break => return Flow::Break,
+                Op::If {
+                    cond,
+                    ops,
+                    conf,
+                    place,
+                } => {
+                    if self.test(cond, files) {
+                        self.trace
+                            .push(format!("if at {}:{} is true", place.file, place.line));
+                        self.conf = conf.clone();
+                        let inner: Vec<&Op> = ops.iter().collect();
+                        match self.run(&inner, files) {
+                            Flow::Next => {}
+                            other => return other,
+                        }
+                    }
+                }
+            }
+        }
+        Flow::Next
+    }
+
+    fn test(&mut self, cond: &Cond, files: &dyn FileCheck) -> bool {
+        match cond {
+            Cond::Value(t) => {
+                let v = self.eval(t);
+                !v.is_empty() && v != "0"
+            }
+            Cond::Eq {
+                left,
+                right,
+                negate,
+            } => (self.eval(left) == self.eval(right)) != *negate,
+            Cond::Regex {
+                left,
+                regex,
+                negate,
+            } => {
+                let v = self.eval(left);
+                match regex.captures(&v) {
+                    Some(c) => {
+                        if !negate {
+                            self.set_captures(c);
+                        }
+                        !negate
+                    }
+                    None => *negate,
+                }
+            }
+            Cond::File { test, path, negate } => {
+                let p = self.eval(path);
+                let r = match test {
+                    'f' => files.is_file(&p),
+                    'd' => files.is_dir(&p),
+                    'x' => files.is_executable(&p),
+                    _ => files.exists(&p),
+                };
+                r != *negate
+            }
+        }
+    }
+
+    fn find_and_serve(mut self, files: &dyn FileCheck) -> Decision {
+        let mut cycles = 0;
+        loop {
+            cycles += 1;
+            if cycles > MAX_CYCLES + 1 {
+                self.trace
+                    .push("rewrite or internal redirection cycle".into());
+                return self.finish_error(500);
+            }
+            self.uri_changed = false;
+            self.captures = self.captures.take();
+            match self.server.locations.find(&self.uri) {
+                Match::Redirect(loc) => {
+                    self.location = Some(loc.clone());
+                    self.conf = loc.conf.clone();
+                    let mut target = format!("{}/", self.uri);
+                    if !self.args.is_empty() {
+                        target = format!("{target}?{}", self.args);
+                    }
+                    self.trace
+                        .push("the URI is a proxied location's name without its slash: 301".into());
+                    let outcome = self.status(301, Some(target));
+                    return self.finish(outcome);
+                }
+                Match::Found { location, captures } => {
+                    if let Some(c) = captures {
+                        self.set_captures(c);
+                    }
+                    self.trace.push(format!(
+                        "location {}{}{} at {}:{}",
+                        location.modifier(),
+                        if location.modifier().is_empty() {
+                            ""
+                        } else {
+                            " "
+                        },
+                        location.name(),
+                        location.place.file,
+                        location.place.line
+                    ));
+                    self.conf = location.conf.clone();
+                    self.location = Some(location);
+                }
+                Match::None => {
+                    self.trace
+                        .push("no location matches: the server's own configuration".into());
+                    self.conf = self.server.conf.clone();
+                    self.location = None;
+                }
+            }
+            if self.conf.internal && !self.internal {
+                self.trace
+                    .push("internal location, external request: 404".into());
+                return self.finish_error(404);
+            }
+            let conf = self.conf.clone();
+            let ops: Vec<&Op> = conf.ops.iter().collect();
+            match self.run(&ops, files) {
+                Flow::Done(o) => return self.serve_result(o, files, &mut cycles),
+                Flow::Last => continue,
+                Flow::Next if self.uri_changed => continue,
+                Flow::Next | Flow::Break => {}
+            }
+            match self.content(files) {
+                Ok(o) => return self.serve_result(o, files, &mut cycles),
+                Err(Restart) => continue,
+            }
+        }
+    }
+
+    /// `error_page` applies to answers with an error status.
+    fn serve_result(
+        mut self,
+        outcome: Outcome,
+        files: &dyn FileCheck,
+        cycles: &mut usize,
+    ) -> Decision {
+        let Outcome::Return { status, .. } = &outcome else {
+            return self.finish(outcome);
+        };
+        let status = *status;
+        let pages = self.conf.settings.error_page();
+        let Some(page) = pages.iter().find(|p| p.codes.contains(&status)) else {
+            return self.finish(outcome);
+        };
+        if self.internal && !self.conf.settings.recursive_error_pages() {
+            return self.finish(outcome);
+        }
+        let target = self.eval(&page.uri);
+        self.trace.push(format!("error_page {status} -> {target}"));
+        if let Some(name) = target.strip_prefix('@').map(|n| format!("@{n}")) {
+            if let Some(loc) = self.server.named.get(&name).cloned() {
+                self.internal = true;
+                self.location = Some(loc.clone());
+                self.conf = loc.conf.clone();
+                let ops: Vec<&Op> = loc.conf.ops.iter().collect();
+                let o = match self.run(&ops, files) {
+                    Flow::Done(o) => o,
+                    _ => match self.content(files) {
+                        Ok(o) => o,
+                        Err(Restart) => return self.find_and_serve(files),
+                    },
+                };
+                return self.finish(o);
+            }
+            return self.finish(outcome);
+        }
+        if !target.starts_with('/') {
+            // A URL: a redirect (302 unless `=code` says otherwise).
+            let code = match page.overwrite {
+                Some(Some(c)) if matches!(c, 301 | 302 | 303 | 307 | 308) => c,
+                _ => 302,
+            };
+            let o = self.status(code, Some(target));
+            return self.finish(o);
+        }
+        let (u, a) = target.split_once('?').unwrap_or((&target, ""));
+        self.uri = u.to_string();
+        self.args = a.to_string();
+        self.internal = true;
+        self.valid_unparsed = false;
+        *cycles += 1;
+        self.find_and_serve(files)
+    }
+
+    /// The content phase: try_files, proxy_pass, or files.
+    fn content(&mut self, files: &dyn FileCheck) -> Result<Outcome, Restart> {
+        let conf = self.conf.clone();
+        if let Some((methods, le)) = &conf.limit_except {
+            if !methods.iter().any(|m| *m == self.req.method) {
+                self.conf = le.clone();
+            }
+        }
+        let conf = self.conf.clone();
+        if let Some(list) = &conf.try_files {
+            let (last, tries) = list
+                .split_last()
+                .expect("try_files has two arguments or more");
+            for t in tries {
+                let name = self.eval(t);
+                let dir = name.ends_with('/');
+                let path = self.map_path(&name);
+                let ok = if dir {
+                    files.is_dir(path.trim_end_matches('/'))
+                } else {
+                    files.is_file(&path)
+                };
+                self.trace.push(format!(
+                    "try_files {name}: {path} {}",
+                    if ok { "found" } else { "not found" }
+                ));
+                if ok {
+                    self.uri = name;
+                    return Ok(Outcome::File { path });
+                }
+            }
+            let fallback = self.eval(last);
+            if let Some(code) = fallback
+                .strip_prefix('=')
+                .and_then(|c| c.parse::<u16>().ok())
+            {
+                return Ok(self.status(code, None));
+            }
+            if fallback.starts_with('@') {
+                let Some(loc) = self.server.named.get(&fallback).cloned() else {
+                    return Ok(self.status(500, None));
+                };
+                self.trace.push(format!("named location {fallback}"));
+                self.internal = true;
+                self.location = Some(loc.clone());
+                self.conf = loc.conf.clone();
+                let ops: Vec<&Op> = loc.conf.ops.iter().collect();
+                return match self.run(&ops, files) {
+                    Flow::Done(o) => Ok(o),
+                    Flow::Last => Err(Restart),
+                    _ if self.uri_changed => Err(Restart),
+                    _ => self.handler(files),
+                };
+            }
+            let (u, a) = fallback.split_once('?').unwrap_or((&fallback, ""));
+            self.uri = u.to_string();
+            if fallback.contains('?') {
+                self.args = a.to_string();
+            }
+            self.internal = true;
+            self.valid_unparsed = false;
+            return Err(Restart);
+        }
+        self.handler(files)
+    }
+
+    fn handler(&mut self, _files: &dyn FileCheck) -> Result<Outcome, Restart> {
+        let conf = self.conf.clone();
+        if let Some(pass) = &conf.proxy {
+            return Ok(self.proxy(pass));
+        }
+        let path = self.map_path(&self.uri.clone());
+        if self.uri.ends_with('/') {
+            return Ok(Outcome::File { path });
+        }
+        Ok(Outcome::File { path })
+    }
+
+    /// `root`/`alias`: the path on disk for a URI.
+    fn map_path(&self, uri: &str) -> String {
+        let root = self.conf.settings.root();
+        let base = self.eval(&root.path);
+        if root.alias {
+            let loc = self.location.as_ref();
+            if loc.is_some_and(|l| l.is_regex()) {
+                // alias with captures: the alias is the whole path.
+                return base;
+            }
+            let name_len = self.conf.location_name.len().min(uri.len());
+            return format!("{base}{}", &uri[name_len..]);
+        }
+        format!("{}{uri}", base.trim_end_matches('/'))
+    }
+
+    /// The request that would go upstream.
+    fn proxy(&mut self, pass: &Arc<ProxyPass>) -> Outcome {
+        let s = self.conf.settings.clone();
+        let mut url_text = None;
+        let (uri_part, host, port, upstream) = if pass.url.has_variables() {
+            let url = self.eval(&pass.url);
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            let (authority, uri) = match rest.find('/') {
+                Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+                None => (rest, None),
+            };
+            let default = if url.starts_with("https://") { 443 } else { 80 };
+            let (h, p) = crate::config::env::upstream_host(authority, default)
+                .unwrap_or((authority.to_string(), default));
+            let host_header = if p == default {
+                h.clone()
+            } else {
+                authority.to_string()
+            };
+            url_text = Some(url.clone());
+            let group = self
+                .plan
+                .upstreams
+                .iter()
+                .find(|u| !u.implicit && u.name == authority)
+                .map(|u| u.name.clone());
+            (
+                uri,
+                host_header,
+                p,
+                group.unwrap_or_else(|| authority.to_string()),
+            )
+        } else {
+            let name = pass
+                .upstream
+                .as_ref()
+                .map_or_else(|| pass.host.clone(), |u| u.name.clone());
+            (pass.uri.clone(), pass.host.clone(), pass.port, name)
+        };
+        self.proxy = Some((host, port));
+        let target = self.upstream_target(pass, uri_part.as_deref());
+        let method = match s.proxy_method() {
+            Some(m) => self.eval(&m),
+            None => self.req.method.clone(),
+        };
+        let headers = self.upstream_headers(&s);
+        Outcome::Proxy {
+            upstream,
+            pass: pass.clone(),
+            url: url_text,
+            request: UpstreamRequest {
+                method,
+                target,
+                version: format!("HTTP/{}", s.proxy_http_version()),
+                headers,
+            },
+        }
+    }
+
+    /// nginx's `ngx_http_proxy_create_request`, the URI part.
+    fn upstream_target(&self, pass: &ProxyPass, uri_part: Option<&str>) -> String {
+        if pass.url.has_variables() {
+            if let Some(u) = uri_part {
+                return u.to_string();
+            }
+        }
+        let uri_part = uri_part.unwrap_or("");
+        if uri_part.is_empty() && self.valid_unparsed {
+            return self.unparsed.clone();
+        }
+        let loc_len = if self.valid_location && !uri_part.is_empty() {
+            self.conf.location_name.len().min(self.uri.len())
+        } else {
+            0
+        };
+        let rest = &self.uri[loc_len..];
+        let mut out = String::new();
+        if self.valid_location {
+            out.push_str(uri_part);
+        }
+        if self.quoted || self.internal {
+            out.push_str(&uri::escape(rest, Escape::Uri));
+        } else {
+            out.push_str(rest);
+        }
+        if !self.args.is_empty() {
+            out.push('?');
+            out.push_str(&self.args);
+        }
+        out
+    }
+
+    /// Headers to the upstream: `proxy_set_header` ones (then nginx's defaults), then the
+    /// client's, less those already set and the hop-by-hop ones.
+    fn upstream_headers(&self, s: &Settings) -> Vec<(String, String)> {
+        let mut set: Vec<(String, Template)> = s.proxy_set_header();
+        for (name, value) in [
+            ("Host", "$proxy_host"),
+            ("Connection", "close"),
+            ("Content-Length", "$proxy_internal_body_length"),
+            ("Transfer-Encoding", "$proxy_internal_chunked"),
+            ("TE", ""),
+            ("Keep-Alive", ""),
+            ("Expect", ""),
+            ("Upgrade", ""),
+        ] {
+            if !set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                set.push((
+                    name.to_string(),
+                    Template::compile(value).unwrap_or_default(),
+                ));
+            }
+        }
+        let mut out = Vec::new();
+        for (name, value) in &set {
+            let v = self.eval(value);
+            if !v.is_empty() {
+                out.push((name.clone(), v));
+            }
+        }
+        if s.proxy_pass_request_headers() {
+            for (n, v) in &self.headers {
+                if set.iter().any(|(s, _)| s.eq_ignore_ascii_case(n)) {
+                    continue;
+                }
+                out.push((n.clone(), v.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// The content phase asked for the location search to start again.
+struct Restart;
+
+impl Resolve for State<'_> {
+    fn var(&self, var: &Var) -> Option<Cow<'_, str>> {
+        let req = self.req;
+        Some(match var {
+            Var::Host => {
+                if self.host.is_empty() {
+                    Cow::Borrowed(self.server.name())
+                } else {
+                    Cow::Borrowed(self.host.as_str())
+                }
+            }
+            Var::RemoteAddr => Cow::Owned(req.remote.ip().to_string()),
+            Var::RemotePort => Cow::Owned(req.remote.port().to_string()),
+            Var::Scheme => Cow::Borrowed(if req.https { "https" } else { "http" }),
+            Var::ServerName => Cow::Borrowed(self.server.name()),
+            Var::ServerPort => Cow::Owned(req.local.port().to_string()),
+            Var::ServerAddr => Cow::Owned(match &req.local {
+                ListenAddr::Tcp(a) => a.ip().to_string(),
+                ListenAddr::Host(h, _) => h.clone(),
+                ListenAddr::Unix(p) => format!("unix:{p}"),
+            }),
+            Var::ServerProtocol => Cow::Borrowed(req.version.as_str()),
+            Var::RequestUri => Cow::Borrowed(split_absolute(&req.target).1),
+            Var::Uri => Cow::Borrowed(self.uri.as_str()),
+            Var::Args => Cow::Borrowed(self.args.as_str()),
+            Var::IsArgs => Cow::Borrowed(if self.args.is_empty() { "" } else { "?" }),
+            Var::RequestMethod => Cow::Borrowed(req.method.as_str()),
+            Var::Request => Cow::Owned(format!("{} {} {}", req.method, req.target, req.version)),
+            Var::ContentType => Cow::Borrowed(header(&self.headers, "content-type")?),
+            Var::ContentLength => Cow::Borrowed(header(&self.headers, "content-length")?),
+            Var::ProxyHost => Cow::Borrowed(self.proxy.as_ref()?.0.as_str()),
+            Var::ProxyPort => Cow::Owned(self.proxy.as_ref()?.1.to_string()),
+            Var::ProxyAddXForwardedFor => {
+                let ip = req.remote.ip().to_string();
+                let xff: Vec<&str> = self
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                if xff.is_empty() {
+                    Cow::Owned(ip)
+                } else {
+                    Cow::Owned(format!("{}, {ip}", xff.join(", ")))
+                }
+            }
+            Var::DocumentRoot | Var::RealpathRoot => {
+                let root = self.conf.settings.root();
+                Cow::Owned(self.eval(&root.path))
+            }
+            Var::RequestFilename => Cow::Owned(self.map_path(&self.uri)),
+            Var::Http(name) => {
+                let dashed = name.replace('_', "-");
+                let mut values = self
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(&dashed))
+                    .map(|(_, v)| v.as_str());
+                match name.as_str() {
+                    // nginx 1.22 joins these two; other headers give their first line.
+                    "cookie" => {
+                        Cow::<str>::Owned(values.collect::<Vec<_>>().join("; ")).filter_empty()?
+                    }
+                    "x_forwarded_for" => {
+                        Cow::<str>::Owned(values.collect::<Vec<_>>().join(", ")).filter_empty()?
+                    }
+                    _ => Cow::Borrowed(values.next()?),
+                }
+            }
+            Var::Arg(name) => Cow::Borrowed(arg(&self.args, name)?),
+            Var::Cookie(name) => {
+                let cookies = self
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"));
+                let mut found = None;
+                'outer: for (_, v) in cookies {
+                    for pair in v.split(';') {
+                        let pair = pair.trim_start();
+                        if let Some((k, val)) = pair.split_once('=') {
+                            if k.eq_ignore_ascii_case(name) {
+                                found = Some(val);
+                                break 'outer;
+                            }
+                        }
+                    }
+                }
+                Cow::Borrowed(found?)
+            }
+            Var::SentHttp(_) | Var::UpstreamHttp(_) => return None,
+            Var::Named(name) => {
+                if let Some(v) = self.vars.get(name) {
+                    return Some(Cow::Borrowed(v.as_str()));
+                }
+                if let Some(map) = self.plan.maps.get(name) {
+                    return Some(Cow::Owned(self.map_value(map)));
+                }
+                match name.as_str() {
+                    "proxy_internal_body_length" => {
+                        if !self.conf.settings.proxy_pass_request_body() || req.chunked {
+                            return None;
+                        }
+                        Cow::Owned(req.body_len?.to_string())
+                    }
+                    "proxy_internal_chunked" => {
+                        if req.chunked && self.conf.settings.proxy_pass_request_body() {
+                            Cow::Borrowed("chunked")
+                        } else {
+                            return None;
+                        }
+                    }
+                    "http_host" => Cow::Borrowed(header(&self.headers, "host")?),
+                    "hostname" => Cow::Owned(hostname()),
+                    "nginx_version" => Cow::Borrowed("1.22.1"),
+                    "server_name" => Cow::Borrowed(self.server.name()),
+                    _ => return None,
+                }
+            }
+        })
+    }
+
+    fn capture(&self, n: usize) -> Cow<'_, str> {
+        match &self.captures {
+            Some(c) => Cow::Borrowed(c.group(n)),
+            None => Cow::Borrowed(""),
+        }
+    }
+}
+
+impl State<'_> {
+    fn map_value(&self, map: &Map) -> String {
+        let key = self.eval(&map.source);
+        let lookup = if map.hostnames {
+            key.trim_end_matches('.').to_ascii_lowercase()
+        } else {
+            key.clone()
+        };
+        if let Some(v) = map.exact.get(&lookup) {
+            return self.eval(v);
+        }
+        if map.hostnames {
+            let mut t = NameTable::default();
+            for (i, (n, _)) in map.wildcards.iter().enumerate() {
+                t.add(n, i);
+            }
+            if let Some(f) = t.find(&lookup) {
+                return self.eval(&map.wildcards[f.server].1);
+            }
+        }
+        for (re, v) in &map.regexes {
+            if let Some(c) = re.captures(&key) {
+                // Captures of a map regex are visible in its value only.
+                let inner = MapScope {
+                    outer: self,
+                    captures: c,
+                };
+                return v.eval(&inner);
+            }
+        }
+        self.eval(&map.default)
+    }
+}
+
+struct MapScope<'a, 'p> {
+    outer: &'a State<'p>,
+    captures: Captures,
+}
+
+impl Resolve for MapScope<'_, '_> {
+    fn var(&self, var: &Var) -> Option<Cow<'_, str>> {
+        if let Var::Named(n) = var {
+            if let Some(v) = self.captures.named(n) {
+                return Some(Cow::Borrowed(v));
+            }
+        }
+        self.outer.var(var)
+    }
+    fn capture(&self, n: usize) -> Cow<'_, str> {
+        Cow::Borrowed(self.captures.group(n))
+    }
+}
+
+trait FilterEmpty: Sized {
+    fn filter_empty(self) -> Option<Self>;
+}
+
+impl FilterEmpty for Cow<'_, str> {
+    fn filter_empty(self) -> Option<Self> {
+        (!self.is_empty()).then_some(self)
+    }
+}
+
+/// `$arg_NAME`: the first `NAME=value` of the query (names compared case-insensitively).
+fn arg<'a>(args: &'a str, name: &str) -> Option<&'a str> {
+    args.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        k.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,219 @@
+//! Settings that inherit: a level's own value wins, otherwise the enclosing level's, otherwise
+//! nginx's default. Lists follow nginx's array rule for free: `proxy_set_header`, `add_header`,
+//! `error_page` and friends of an outer level are inherited only when the inner level has none
+//! of its own, because a list is one value here.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::template::Template;
+
+macro_rules! settings {
+    ($($(#[$doc:meta])* $field:ident : $ty:ty = $default:expr;)*) => {
+        /// One level's settings; `None` means "not set here".
+        #[derive(Clone, Debug, Default)]
+        pub struct Settings {
+            $($(#[$doc])* pub $field: Option<$ty>,)*
+        }
+
+        impl Settings {
+            /// Fills what this level leaves unset from the enclosing level.
+            pub fn inherit(&mut self, outer: &Settings) {
+                $(if self.$field.is_none() {
+                    self.$field = outer.$field.clone();
+                })*
+            }
+
+            $($(#[$doc])* pub fn $field(&self) -> $ty {
+                match &self.$field {
+                    Some(v) => v.clone(),
+                    None => $default,
+                }
+            })*
+
+            /// Name and effective value of every setting, for `portico plan`.
+            pub fn describe(&self) -> Vec<(&'static str, String, bool)> {
+                vec![$((stringify!($field), format!("{:?}", self.$field()), self.$field.is_some()),)*]
+            }
+        }
+    };
+}
+
+/// `root` or `alias`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Root {
+    pub path: Template,
+    pub alias: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ErrorPage {
+    pub codes: Vec<u16>,
+    /// `=` (the status of the page's own answer) or `=code`.
+    pub overwrite: Option<Option<u16>>,
+    pub uri: Template,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AddHeader {
+    pub name: String,
+    pub value: Template,
+    pub always: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub enum ProxyRedirect {
+    Default,
+    Off,
+    Replace {
+        from: Template,
+        to: Template,
+    },
+    Regex {
+        from: String,
+        caseless: bool,
+        to: Template,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ServerTokens {
+    On,
+    Off,
+    Build,
+}
+
+/// `proxy_next_upstream`: when to try the next server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NextUpstream {
+    pub error: bool,
+    pub timeout: bool,
+    pub invalid_header: bool,
+    pub denied: bool,
+    pub non_idempotent: bool,
+    /// Statuses: 500, 502, 503, 504, 403, 404, 429.
+    pub statuses: Vec16,
+}
+
+/// A small set of statuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Vec16 {
+    pub bits: u16,
+}
+
+impl NextUpstream {
+    pub const STATUSES: [u16; 7] = [500, 502, 503, 504, 403, 404, 429];
+    pub fn on_status(&self, status: u16) -> bool {
+        Self::STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .is_some_and(|i| self.statuses.bits & (1 << i) != 0)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AccessLog {
+    pub path: Template,
+    pub format: String,
+    pub buffer: Option<u64>,
+    pub flush: Option<u64>,
+    pub condition: Option<Template>,
+}
+
+const KB: u64 = 1024;
+const SEC: u64 = 1000;
+
+settings! {
+    /// `root` or `alias` (nginx's default root is `html`, under the prefix).
+    root: Root = Root { path: Template::literal("html"), alias: false };
+    index: Vec<Template> = vec![Template::literal("index.html")];
+    error_page: Vec<ErrorPage> = Vec::new();
+    recursive_error_pages: bool = false;
+    add_header: Vec<AddHeader> = Vec::new();
+    default_type: String = "text/plain".to_string();
+    /// Extension (lower case) to MIME type.
+    types: Arc<std::collections::HashMap<String, String>> = default_types();
+    client_max_body_size: u64 = 1024 * KB;
+    client_body_buffer_size: u64 = 16 * KB;
+    client_body_timeout: u64 = 60 * SEC;
+    client_header_timeout: u64 = 60 * SEC;
+    client_header_buffer_size: u64 = KB;
+    /// (number, size)
+    large_client_header_buffers: (u64, u64) = (4, 8 * KB);
+    send_timeout: u64 = 60 * SEC;
+    /// (timeout, the `Keep-Alive: timeout=` header's seconds)
+    keepalive_timeout: (u64, Option<u64>) = (75 * SEC, None);
+    keepalive_requests: u64 = 1000;
+    keepalive_time: u64 = 3600 * SEC;
+    server_tokens: ServerTokens = ServerTokens::On;
+    port_in_redirect: bool = true;
+    absolute_redirect: bool = true;
+    server_name_in_redirect: bool = false;
+    merge_slashes: bool = true;
+    underscores_in_headers: bool = false;
+    ignore_invalid_headers: bool = true;
+    chunked_transfer_encoding: bool = true;
+    log_not_found: bool = true;
+    autoindex: bool = false;
+    autoindex_exact_size: bool = true;
+    autoindex_localtime: bool = false;
+    autoindex_format: String = "html".to_string();
+    etag: bool = true;
+    /// `off`, `exact` or `before`.
+    if_modified_since: String = "exact".to_string();
+    /// `expires` as written (`off`, `max`, `epoch`, `1h`, `modified 1d`, `@15h`).
+    expires: Vec<String> = vec!["off".to_string()];
+    gzip_static: String = "off".to_string();
+    tcp_nodelay: bool = true;
+    disable_symlinks: bool = false;
+    access_log: Vec<AccessLog> = vec![AccessLog {
+        path: Template::literal("logs/access.log"),
+        format: "combined".into(),
+        buffer: None,
+        flush: None,
+        condition: None,
+    }];
+    proxy_set_header: Vec<(String, Template)> = Vec::new();
+    proxy_http_version: String = "1.0".to_string();
+    proxy_pass_request_headers: bool = true;
+    proxy_pass_request_body: bool = true;
+    proxy_hide_header: Vec<String> = Vec::new();
+    proxy_pass_header: Vec<String> = Vec::new();
+    proxy_redirect: Vec<ProxyRedirect> = vec![ProxyRedirect::Default];
+    proxy_buffering: bool = true;
+    proxy_request_buffering: bool = true;
+    proxy_buffer_size: u64 = 4 * KB;
+    /// (number, size)
+    proxy_buffers: (u64, u64) = (8, 4 * KB);
+    proxy_busy_buffers_size: u64 = 8 * KB;
+    proxy_max_temp_file_size: u64 = 1024 * 1024 * KB;
+    proxy_temp_file_write_size: u64 = 8 * KB;
+    proxy_connect_timeout: u64 = 60 * SEC;
+    proxy_read_timeout: u64 = 60 * SEC;
+    proxy_send_timeout: u64 = 60 * SEC;
+    proxy_next_upstream: NextUpstream = NextUpstream { error: true, timeout: true, ..NextUpstream::default() };
+    proxy_next_upstream_tries: u64 = 0;
+    proxy_next_upstream_timeout: u64 = 0;
+    proxy_intercept_errors: bool = false;
+    proxy_ignore_client_abort: bool = false;
+    proxy_method: Option<Template> = None;
+    proxy_set_body: Option<Template> = None;
+    proxy_ignore_headers: Vec<String> = Vec::new();
+    client_body_temp_path: String = "client_body_temp".to_string();
+    proxy_temp_path: String = "proxy_temp".to_string();
+}
+
+/// nginx's built-in `types` when the configuration has none.
+fn default_types() -> Arc<std::collections::HashMap<String, String>> {
+    Arc::new(
+        [
+            ("html", "text/html"),
+            ("gif", "image/gif"),
+            ("jpg", "image/jpeg"),
+        ]
+        .into_iter()
+        .map(|(e, t)| (e.to_string(), t.to_string()))
+        .collect(),
+    )
+}

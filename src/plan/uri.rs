@@ -1,0 +1,258 @@
+//! Request URIs as nginx reads them: percent-decoding, `/./` and `/../` resolved, slashes
+//! merged, the query split off (`ngx_http_parse_complex_uri`); and escaping back for a proxied
+//! request (`ngx_escape_uri`).
+
+/// A request target, split and normalized.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParsedUri {
+    /// The decoded, normalized path (`$uri`).
+    pub path: String,
+    /// The query, without `?` (`$args`).
+    pub args: String,
+    /// The path held a `%` escape (nginx's `quoted_uri`).
+    pub quoted: bool,
+    /// The path held a `+` (nginx's `plus_in_uri`).
+    pub plus: bool,
+}
+
+/// Why a target was refused: nginx answers 400.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadUri;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Usual,
+    Slash,
+    Dot,
+    DotDot,
+}
+
+/// Parses an origin-form target (`/a/../b%20c?x=1#frag`).
+pub fn parse(target: &str, merge_slashes: bool) -> Result<ParsedUri, BadUri> {
+    let raw = target.as_bytes();
+    let (path_end, args) = match raw.iter().position(|&b| b == b'?') {
+        Some(q) => {
+            let rest = &target[q + 1..];
+            let args = rest.split('#').next().unwrap_or("");
+            (q, args.to_string())
+        }
+        None => (raw.len(), String::new()),
+    };
+    let path = &raw[..path_end];
+    let path = match path.iter().position(|&b| b == b'#') {
+        Some(h) => &path[..h],
+        None => path,
+    };
+    let mut out = ParsedUri {
+        args,
+        ..ParsedUri::default()
+    };
+    let mut u: Vec<u8> = Vec::with_capacity(path.len() + 1);
+    if path.first() != Some(&b'/') {
+        u.push(b'/');
+    }
+    let mut state = State::Usual;
+    let mut i = 0;
+    // A decoded byte waiting to be read in the state the escape began in.
+    let mut pending: Option<u8> = None;
+    loop {
+        let ch = match pending.take() {
+            Some(c) => c,
+            None => {
+                if i >= path.len() {
+                    break;
+                }
+                let c = path[i];
+                i += 1;
+                if c == b'%' {
+                    out.quoted = true;
+                    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+                    let (Some(h), Some(l)) = (hex(path.get(i)), hex(path.get(i + 1))) else {
+                        return Err(BadUri);
+                    };
+                    let second_is_digit = path[i + 1].is_ascii_digit();
+                    i += 2;
+                    let d = (h * 16 + l) as u8;
+                    if d == 0 {
+                        return Err(BadUri);
+                    }
+                    // nginx writes these literally, in whatever state it was.
+                    if (second_is_digit && (d == b'%' || d == b'#'))
+                        || (!second_is_digit && d == b'?')
+                    {
+                        u.push(d);
+                        state = State::Usual;
+                        continue;
+                    }
+                    if d == b'+' {
+                        out.plus = true;
+                    }
+                    pending = Some(d);
+                    continue;
+                }
+                c
+            }
+        };
+        if ch == b'+' {
+            out.plus = true;
+        }
+        match (state, ch) {
+            (_, b'/') => match state {
+                State::Usual => {
+                    state = State::Slash;
+                    u.push(b'/');
+                }
+                State::Slash => {
+                    if !merge_slashes {
+                        u.push(b'/');
+                    }
+                }
+                State::Dot => {
+                    u.pop();
+                    state = State::Slash;
+                }
+                State::DotDot => {
+                    up(&mut u)?;
+                    state = State::Slash;
+                }
+            },
+            (State::Slash, b'.') => {
+                state = State::Dot;
+                u.push(b'.');
+            }
+            (State::Dot, b'.') => {
+                state = State::DotDot;
+                u.push(b'.');
+            }
+            (_, c) => {
+                state = State::Usual;
+                u.push(c);
+            }
+        }
+    }
+    match state {
+        State::Dot => {
+            u.pop();
+        }
+        State::DotDot => up(&mut u)?,
+        _ => {}
+    }
+    out.path =
+        String::from_utf8(u).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    Ok(out)
+}
+
+/// Steps back over `/..` and the segment before it; above the root is a bad request.
+fn up(u: &mut Vec<u8>) -> Result<(), BadUri> {
+    // u ends with "/.." : drop it and the previous segment, keeping its leading slash.
+    let keep = u.len().checked_sub(4).ok_or(BadUri)?;
+    let slash = u[..=keep].iter().rposition(|&b| b == b'/').ok_or(BadUri)?;
+    u.truncate(slash + 1);
+    Ok(())
+}
+
+/// Which bytes `ngx_escape_uri` escapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escape {
+    /// NGX_ESCAPE_URI: a path sent upstream.
+    Uri,
+    /// NGX_ESCAPE_ARGS: captures copied into a query.
+    Args,
+}
+
+fn needs_escape(b: u8, kind: Escape) -> bool {
+    if b < 0x20 || b >= 0x7f {
+        return true;
+    }
+    match kind {
+        Escape::Uri => matches!(
+            b,
+            b' ' | b'"'
+                | b'#'
+                | b'%'
+                | b'<'
+                | b'>'
+                | b'?'
+                | b'\\'
+                | b'^'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+        ),
+        Escape::Args => matches!(
+            b,
+            b' ' | b'"'
+                | b'#'
+                | b'%'
+                | b'&'
+                | b'+'
+                | b';'
+                | b'<'
+                | b'>'
+                | b'?'
+                | b'\\'
+                | b'^'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+        ),
+    }
+}
+
+pub fn escape(s: &str, kind: Escape) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if needs_escape(b, kind) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+/// Whether escaping would change `s`.
+pub fn needs_escaping(s: &str, kind: Escape) -> bool {
+    s.bytes().any(|b| needs_escape(b, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> String {
+        parse(s, true)
+            .map(|u| u.path)
+            .unwrap_or_else(|_| "400".into())
+    }
+
+    #[test]
+    fn normalizes_as_nginx() {
+        assert_eq!(p("/a/b"), "/a/b");
+        assert_eq!(p("/a//b///c"), "/a/b/c");
+        assert_eq!(p("/a/./b/."), "/a/b/");
+        assert_eq!(p("/a/b/../c"), "/a/c");
+        assert_eq!(p("/a/b/.."), "/a/");
+        assert_eq!(p("/.."), "400");
+        assert_eq!(p("/a/%2e%2e/b"), "/b");
+        assert_eq!(p("/a%2Fb"), "/a/b");
+        assert_eq!(p("/a%20b"), "/a b");
+        assert_eq!(p("/a%3Fb"), "/a?b");
+        assert_eq!(p("/a%25b"), "/a%b");
+        assert_eq!(p("/a%zz"), "400");
+        assert_eq!(p("/a%00"), "400");
+        assert_eq!(p("/caf%C3%A9"), "/café");
+        assert_eq!(p("/..a/b"), "/..a/b");
+        let u = parse("/x?a=1&b=%20#f", true).unwrap();
+        assert_eq!((u.path.as_str(), u.args.as_str()), ("/x", "a=1&b=%20"));
+        assert_eq!(parse("/a//b", false).unwrap().path, "/a//b");
+    }
+
+    #[test]
+    fn escapes_as_nginx() {
+        assert_eq!(escape("/a b?c%d/é", Escape::Uri), "/a%20b%3Fc%25d/%C3%A9");
+        assert_eq!(escape("a&b+c", Escape::Args), "a%26b%2Bc");
+    }
+}
