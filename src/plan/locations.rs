@@ -73,7 +73,8 @@ pub struct Locations {
 pub enum Match {
     Found {
         location: Arc<Location>,
-        captures: Option<Captures>,
+        /// The matches of the regexes on the way, outermost first.
+        captures: Vec<Captures>,
     },
     /// The URI is a prefix location's name without its trailing slash, and that location
     /// proxies: nginx answers 301 to the name with the slash.
@@ -150,7 +151,7 @@ impl Locations {
         if let Some(e) = exact {
             return Match::Found {
                 location: self.all[e].clone(),
-                captures: None,
+                captures: Vec::new(),
             };
         }
         if let Some(r) = redirect {
@@ -163,7 +164,7 @@ impl Locations {
             noregex = loc.noregex();
             found = Match::Found {
                 location: loc.clone(),
-                captures: None,
+                captures: Vec::new(),
             };
             // Nested locations: a definite answer there (exact, regex, redirect) stands.
             match loc.children.find(uri) {
@@ -190,14 +191,14 @@ impl Locations {
                     return match loc.children.find(uri) {
                         Match::None => Match::Found {
                             location: loc.clone(),
-                            captures: Some(captures),
+                            captures: vec![captures],
                         },
                         Match::Found {
                             location,
                             captures: inner,
                         } => Match::Found {
                             location,
-                            captures: inner.or(Some(captures)),
+                            captures: std::iter::once(captures).chain(inner).collect(),
                         },
                         other => other,
                     };

@@ -1135,10 +1135,7 @@ impl<'a> Lowerer<'a> {
             return None;
         };
         let default_port = if https { 443 } else { 80 };
-        let (authority, uri) = match rest.find('/') {
-            Some(i) => (&rest[..i], Some(rest[i..].to_string())),
-            None => (rest, None),
-        };
+        let (authority, uri) = split_authority(rest);
         if uri.is_some()
             && !url.has_variables()
             && matches!(
@@ -1471,5 +1468,19 @@ impl<'a> Lowerer<'a> {
                 self.plan.upstreams.push(u.clone());
             }
         }
+    }
+}
+
+/// `host:port/uri` → (`host:port`, Some(`/uri`)); `unix:/path:/uri` → (`unix:/path`, Some(`/uri`)).
+pub fn split_authority(rest: &str) -> (&str, Option<String>) {
+    if let Some(path) = rest.strip_prefix("unix:") {
+        return match path.find(':') {
+            Some(i) => (&rest[..5 + i], Some(path[i + 1..].to_string())),
+            None => (rest, None),
+        };
+    }
+    match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+        None => (rest, None),
     }
 }

@@ -7,7 +7,7 @@
 
 pub mod listen;
 pub mod locations;
-mod lower;
+pub mod lower;
 pub mod names;
 pub mod pages;
 pub mod regex;
@@ -307,14 +307,24 @@ pub struct Map {
 /// Lowers `compiled` into a plan and adds lowering's diagnostics to it.
 pub fn build(compiled: &mut crate::config::Compiled, options: &LowerOptions) -> Plan {
     let (plan, diagnostics) = lower(compiled, options);
-    // The checks and lowering both look at some directives (a duplicate `root`, ...): say it once.
+    // nginx finds lowering's problems before the checks it makes once everything is read
+    // (unknown variables, binding): they go in before those.
+    let end = compiled
+        .diagnostics
+        .iter()
+        .position(|d| matches!(d.code, "unknown-variable" | "bind" | "no-events"))
+        .unwrap_or(compiled.diagnostics.len());
+    let mut fresh = Vec::new();
     for d in diagnostics {
+        // The checks and lowering both look at some directives (a duplicate `root`, ...):
+        // say it once.
         let repeated = compiled.diagnostics.iter().any(|e| {
             e.span.map(|s| s.start) == d.span.map(|s| s.start) && e.is_error() && d.is_error()
         });
         if !repeated {
-            compiled.diagnostics.push(d);
+            fresh.push(d);
         }
     }
+    compiled.diagnostics.splice(end..end, fresh);
     plan
 }

@@ -61,11 +61,16 @@ impl Regex {
             .jit_if_available(true)
             .build(source)
             .map_err(|e| {
-                let at = e.offset().map_or("", |o| source.get(o..).unwrap_or(""));
                 let text = e.to_string();
                 // pcre2's Display is "PCRE2: error compiling pattern at offset N: message".
                 let message = text.rsplit(": ").next().unwrap_or(&text).to_string();
-                format!("pcre2_compile() failed: {message} in \"{source}\" at \"{at}\"")
+                match e.offset().filter(|&o| o < source.len()) {
+                    Some(o) => {
+                        let at = source.get(o..).unwrap_or("");
+                        format!("pcre2_compile() failed: {message} in \"{source}\" at \"{at}\"")
+                    }
+                    None => format!("pcre2_compile() failed: {message} in \"{source}\""),
+                }
             })?;
         let names = re.capture_names().to_vec();
         Ok(Regex {
@@ -152,6 +157,6 @@ mod tests {
             e.starts_with("pcre2_compile() failed: missing closing parenthesis"),
             "{e}"
         );
-        assert!(e.ends_with("in \"(a\" at \"\""), "{e}");
+        assert!(e.ends_with("in \"(a\""), "{e}");
     }
 }

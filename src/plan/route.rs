@@ -305,12 +305,16 @@ impl<'p> State<'p> {
         }
     }
 
+    /// Records a regex match: named groups become variables; the numbered ones replace the
+    /// previous match's only when the regex has groups (as `ngx_http_regex_exec` does).
     fn set_captures(&mut self, c: Captures) {
         for (name, _) in &c.names {
             let v = c.named(name).unwrap_or("").to_string();
             self.vars.insert(name.to_ascii_lowercase(), v);
         }
-        self.captures = Some(c);
+        if !c.is_empty() {
+            self.captures = Some(c);
+        }
     }
 
     fn finish(self, outcome: Outcome) -> Decision {
@@ -405,22 +409,21 @@ impl<'p> State<'p> {
                         || result.starts_with("https://")
                         || replacement.source.starts_with("$scheme")
                         || matches!(flag, RewriteFlag::Redirect | RewriteFlag::Permanent);
-                    let (new_uri, new_args, keep_args) = match result.split_once('?') {
-                        Some((u, a)) => match a.strip_suffix('?') {
-                            Some(a) => (u.to_string(), a.to_string(), false),
-                            None => (u.to_string(), a.to_string(), true),
-                        },
-                        None => (result.clone(), String::new(), true),
+                    // A trailing `?` drops the request's arguments; arguments in the
+                    // replacement come first, the request's after them.
+                    let (body, keep_args) = match result.strip_suffix('?') {
+                        Some(b) => (b, false),
+                        None => (result.as_str(), true),
                     };
-                    let has_new_args = result.contains('?');
-                    let args = if !has_new_args {
-                        self.args.clone()
-                    } else if keep_args && !self.args.is_empty() && !new_args.is_empty() {
-                        format!("{new_args}&{}", self.args)
-                    } else if keep_args && new_args.is_empty() {
-                        self.args.clone()
-                    } else {
-                        new_args
+                    let (new_uri, new_args) = match body.split_once('?') {
+                        Some((u, a)) => (u.to_string(), Some(a.to_string())),
+                        None => (body.to_string(), None),
+                    };
+                    let args = match (new_args, keep_args) {
+                        (Some(n), true) if !self.args.is_empty() => format!("{n}&{}", self.args),
+                        (Some(n), _) => n,
+                        (None, true) => self.args.clone(),
+                        (None, false) => String::new(),
                     };
                     if redirect {
                         let status = if *flag == RewriteFlag::Permanent {
@@ -549,7 +552,7 @@ impl<'p> State<'p> {
                     return self.finish(outcome);
                 }
                 Match::Found { location, captures } => {
-                    if let Some(c) = captures {
+                    for c in captures {
                         self.set_captures(c);
                     }
                     self.trace.push(format!(
@@ -750,10 +753,7 @@ impl<'p> State<'p> {
         let (uri_part, host, port, upstream) = if pass.url.has_variables() {
             let url = self.eval(&pass.url);
             let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-            let (authority, uri) = match rest.find('/') {
-                Some(i) => (&rest[..i], Some(rest[i..].to_string())),
-                None => (rest, None),
-            };
+            let (authority, uri) = super::lower::split_authority(rest);
             let default = if url.starts_with("https://") { 443 } else { 80 };
             let (h, p) = crate::config::env::upstream_host(authority, default)
                 .unwrap_or((authority.to_string(), default));
