@@ -321,7 +321,10 @@ mod tests {
         assert!(server.contains(&Inner::Context(Context::Server)) && server.contains(&Inner::None));
         let location = t.lookup("location").next().unwrap();
         assert!(location.arity.accepts(2) && !location.arity.accepts(3));
-        assert_eq!(t.lookup("allow").next().unwrap().status, Status::Closes);
+        assert_eq!(
+            t.lookup("auth_basic").next().unwrap().status,
+            Status::Closes
+        );
         assert!(
             t.lookup("include")
                 .next()

@@ -10,7 +10,8 @@ use super::listen::{self, ListenAddr, ListenOpts};
 use super::names::{NameTable, ServerName};
 use super::regex::Regex;
 use super::settings::{
-    AccessLog, AddHeader, ErrorPage, NextUpstream, ProxyRedirect, Root, ServerTokens, Settings,
+    AccessLog, AccessRule, AddHeader, ErrorPage, NextUpstream, ProxyRedirect, Root, ServerTokens,
+    Settings,
 };
 use super::template::Template;
 use super::*;
@@ -658,6 +659,19 @@ impl<'a> Lowerer<'a> {
                 }
                 s.root = Some(Root { path, alias });
             }
+            "allow" | "deny" => match AccessRule::parse(d.name() == "allow", first) {
+                Ok((rule, warning)) => {
+                    if let Some(w) = warning {
+                        self.out.push(
+                            Diagnostic::warning("access", w)
+                                .at(d.args[0].span)
+                                .line_at(d.end_span()),
+                        );
+                    }
+                    s.access.get_or_insert_with(Vec::new).push(rule);
+                }
+                Err(m) => self.error_at(d, &d.args[0], "invalid-value", m),
+            },
             "index" => {
                 let list = d.args.iter().map(|a| self.template(d, a)).collect();
                 s.index = Some(list);

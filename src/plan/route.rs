@@ -577,6 +577,17 @@ impl<'p> State<'p> {
                     self.location = None;
                 }
             }
+            // limit_except: other methods take the block's configuration.
+            if let Some((methods, le)) = &self.conf.limit_except.clone() {
+                if !methods.iter().any(|m| *m == self.req.method) {
+                    self.trace.push(format!(
+                        "limit_except: {} is not among {}",
+                        self.req.method,
+                        methods.join(" ")
+                    ));
+                    self.conf = le.clone();
+                }
+            }
             if self.conf.internal && !self.internal {
                 self.trace
                     .push("internal location, external request: 404".into());
@@ -589,6 +600,11 @@ impl<'p> State<'p> {
                 Flow::Last => continue,
                 Flow::Next if self.uri_changed => continue,
                 Flow::Next | Flow::Break => {}
+            }
+            if !self.access_allowed() {
+                self.trace.push("access: denied by allow/deny rules".into());
+                let o = self.status(403, None);
+                return self.serve_result(o, files, &mut cycles);
             }
             match self.content(files) {
                 Ok(o) => return self.serve_result(o, files, &mut cycles),
@@ -654,12 +670,6 @@ impl<'p> State<'p> {
 
     /// The content phase: try_files, proxy_pass, or files.
     fn content(&mut self, files: &dyn FileCheck) -> Result<Outcome, Restart> {
-        let conf = self.conf.clone();
-        if let Some((methods, le)) = &conf.limit_except {
-            if !methods.iter().any(|m| *m == self.req.method) {
-                self.conf = le.clone();
-            }
-        }
         let conf = self.conf.clone();
         if let Some(list) = &conf.try_files {
             let (last, tries) = list
@@ -728,6 +738,19 @@ impl<'p> State<'p> {
             return Ok(Outcome::File { path });
         }
         Ok(Outcome::File { path })
+    }
+
+    /// The access phase: the first `allow`/`deny` rule that matches the client decides.
+    fn access_allowed(&self) -> bool {
+        let client = match &self.req.local {
+            ListenAddr::Unix(_) => None,
+            _ => Some(self.req.remote.ip()),
+        };
+        let rules = self.conf.settings.access();
+        rules
+            .iter()
+            .find(|r| r.matches(client))
+            .is_none_or(|r| r.allow)
     }
 
     /// `root`/`alias`: the path on disk for a URI.

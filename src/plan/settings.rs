@@ -121,6 +121,91 @@ pub struct AccessLog {
     pub condition: Option<Template>,
 }
 
+/// One `allow` or `deny` rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AccessRule {
+    pub allow: bool,
+    /// `None` for `all`.
+    pub net: Option<(std::net::IpAddr, u8)>,
+    /// `unix:`: connections over a unix socket.
+    pub unix: bool,
+}
+
+impl AccessRule {
+    /// Reads `all`, `unix:`, an address or a CIDR; `Err` is nginx's message (and, for a CIDR
+    /// with host bits, a warning to give).
+    pub fn parse(allow: bool, value: &str) -> Result<(AccessRule, Option<String>), String> {
+        let rule = |net, unix| AccessRule { allow, net, unix };
+        if value == "all" {
+            return Ok((rule(None, false), None));
+        }
+        if value == "unix:" {
+            return Ok((rule(None, true), None));
+        }
+        let (addr, bits) = match value.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (value, None),
+        };
+        let ip: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("invalid parameter \"{value}\""))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = match bits {
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("invalid parameter \"{value}\""))?,
+            None => max,
+        };
+        let masked = mask(ip, len);
+        let warning =
+            (masked != ip).then(|| format!("low address bits of {value} are meaningless"));
+        Ok((rule(Some((masked, len)), false), warning))
+    }
+
+    /// Whether the rule applies to a client (`None`: a unix-socket client).
+    pub fn matches(&self, client: Option<std::net::IpAddr>) -> bool {
+        match (client, &self.net) {
+            (None, _) => self.net.is_none(),
+            (Some(_), None) => !self.unix,
+            (Some(ip), Some((net, len))) => {
+                let ip = match (ip, net) {
+                    (std::net::IpAddr::V6(v6), std::net::IpAddr::V4(_)) => {
+                        match v6.to_ipv4_mapped() {
+                            Some(v4) => std::net::IpAddr::V4(v4),
+                            None => return false,
+                        }
+                    }
+                    _ => ip,
+                };
+                ip.is_ipv4() == net.is_ipv4() && mask(ip, *len) == *net
+            }
+        }
+    }
+}
+
+fn mask(ip: std::net::IpAddr, len: u8) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len as u32)
+            };
+            std::net::IpAddr::V4((u32::from(a) & m).into())
+        }
+        std::net::IpAddr::V6(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len as u32)
+            };
+            std::net::IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
 const KB: u64 = 1024;
 const SEC: u64 = 1000;
 
@@ -174,6 +259,8 @@ settings! {
         flush: None,
         condition: None,
     }];
+    /// `allow`/`deny`, in order (inherited only when a level has none, as in nginx).
+    access: Vec<AccessRule> = Vec::new();
     proxy_set_header: Vec<(String, Template)> = Vec::new();
     proxy_http_version: String = "1.0".to_string();
     proxy_pass_request_headers: bool = true;

@@ -98,17 +98,8 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
     ),
     (
         "mastodon/dist/nginx.conf",
-        "access directives (allow) and TLS directives rejected by portico; no check: \
+        "TLS directives rejected by portico; no check: \
          no \"ssl_certificate\" is defined for the \"listen ... ssl\" directive",
-    ),
-    // Access directives are errors in Portico until access control is implemented.
-    (
-        "server-configs-nginx/conf.d/templates/no-ssl.example.com.conf",
-        "access directives (deny) rejected by portico",
-    ),
-    (
-        "server-configs-nginx/test/vhosts/server.localhost.conf",
-        "access directives (deny) rejected by portico",
     ),
 ];
 
