@@ -79,6 +79,7 @@ fn request(host: &str, target: &str) -> Request {
         ],
         remote: "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
         local: ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
+        socket: ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
         https: false,
         body_len: None,
         chunked: false,

@@ -126,6 +126,7 @@ pub fn route(args: &RouteArgs) -> ExitCode {
         version: "HTTP/1.1".to_string(),
         headers,
         remote: args.from,
+        socket: local.clone(),
         local,
         https: args.https,
         body_len,

@@ -6,3 +6,4 @@ pub mod commands;
 pub mod config;
 pub mod inspect;
 pub mod plan;
+pub mod server;

@@ -38,12 +38,7 @@ fn main() -> ExitCode {
             globals,
             signal,
         } => portico::commands::signal(&paths, globals, signal),
-        Action::Serve { .. } => {
-            eprintln!(
-                "portico: [emerg] serving is not implemented yet; use -t to test a configuration"
-            );
-            ExitCode::from(1)
-        }
+        Action::Serve { paths, globals, .. } => portico::server::serve(&paths, globals),
         Action::Check {
             files,
             prefix,

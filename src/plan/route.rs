@@ -29,8 +29,11 @@ pub struct Request {
     /// Header lines in the order received.
     pub headers: Vec<(String, String)>,
     pub remote: SocketAddr,
-    /// The socket the request came in on (the local address for TCP).
+    /// The local address the request came in on.
     pub local: ListenAddr,
+    /// The configured `listen` address of the socket that accepted it (which differs from
+    /// `local` for a wildcard address or port 0).
+    pub socket: ListenAddr,
     pub https: bool,
     /// The length of the body, when there is one.
     pub body_len: Option<u64>,
@@ -89,7 +92,7 @@ const MAX_CYCLES: usize = 10;
 /// Routes `req` through `plan`. `files` answers `try_files` and `-f` questions; the runtime
 /// passes the real file system.
 pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
-    let socket = find_socket(plan, &req.local);
+    let socket = find_socket(plan, &req.socket);
     let Some(socket) = socket else {
         return bare(plan, 0, req, 400, "no server listens on the address");
     };

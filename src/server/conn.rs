@@ -1,0 +1,335 @@
+//! One client connection: requests read one after another (keep-alive, pipelining), each routed
+//! through the plan snapshot loaded when its head arrived, answered, and the connection kept or
+//! closed as nginx would.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::http1::{self, Framing, Head, Limits, Refused};
+use super::{Shared, files, proxy};
+use crate::plan::route::{self, Outcome, RealFiles};
+use crate::plan::settings::ServerTokens;
+use crate::plan::{ListenAddr, LocConf, Plan, pages};
+
+/// What a handler needs about the request being served.
+pub struct Exchange<'a> {
+    pub head: &'a Head,
+    pub framing: Framing,
+    pub keepalive: bool,
+    pub conf: &'a LocConf,
+    pub peer: SocketAddr,
+}
+
+pub async fn serve<S>(
+    mut io: S,
+    peer: SocketAddr,
+    local: ListenAddr,
+    configured: ListenAddr,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut buf: Vec<u8> = Vec::new();
+    let mut served = 0u64;
+    loop {
+        let plan = shared.plan.load_full();
+        let socket = if plan.sockets.iter().any(|s| s.addr == local) {
+            local.clone()
+        } else {
+            configured.clone()
+        };
+        let default_conf = route::find_socket(&plan, &socket)
+            .map(|s| plan.servers[s.default].conf.clone())
+            .unwrap_or_else(|| plan.http.clone());
+        let s = &default_conf.settings;
+        let (n, size) = s.large_client_header_buffers();
+        let limits = Limits {
+            line: size as usize,
+            total: (n * size) as usize,
+        };
+        let wait = if served == 0 {
+            s.client_header_timeout()
+        } else {
+            s.keepalive_timeout().0
+        };
+        let read = tokio::time::timeout(
+            Duration::from_millis(wait.max(1)),
+            http1::read_head(&mut io, &mut buf, limits),
+        )
+        .await;
+        let (head, len) = match read {
+            Err(_) | Ok(Err(_)) | Ok(Ok(Ok(None))) => return,
+            Ok(Ok(Err(Refused(status)))) => {
+                let _ = error_response(&mut io, status, &default_conf, false).await;
+                return;
+            }
+            Ok(Ok(Ok(Some(h)))) => h,
+        };
+        buf.drain(..len);
+        served += 1;
+        let framing = match http1::check_head(&head) {
+            Ok(f) => f,
+            Err(Refused(status)) => {
+                let _ = error_response(&mut io, status, &default_conf, false).await;
+                return;
+            }
+        };
+        let keepalive = match handle(
+            &mut io, &mut buf, &plan, &head, framing, peer, &local, &socket, &shared, served,
+        )
+        .await
+        {
+            Ok(k) => k,
+            Err(_) => return,
+        };
+        if !keepalive {
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle<S>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    plan: &Arc<Plan>,
+    head: &Head,
+    framing: Framing,
+    peer: SocketAddr,
+    local: &ListenAddr,
+    socket: &ListenAddr,
+    shared: &Arc<Shared>,
+    served: u64,
+) -> std::io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let request = route::Request {
+        method: head.method.clone(),
+        target: head.target.clone(),
+        version: head.version_text(),
+        headers: head.headers.clone(),
+        remote: peer,
+        local: local.clone(),
+        socket: socket.clone(),
+        https: false,
+        body_len: match framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        },
+        chunked: framing == Framing::Chunked,
+    };
+    let decision = route::route(plan, &request, &RealFiles);
+    let conf = decision.conf.clone();
+    let s = &conf.settings;
+    let keepalive =
+        head.wants_keepalive() && s.keepalive_timeout().0 > 0 && served < s.keepalive_requests();
+    // nginx refuses a declared body larger than client_max_body_size before anything else.
+    if let Framing::Length(n) = framing {
+        let max = s.client_max_body_size();
+        if max > 0 && n > max {
+            error_response(io, 413, &conf, false).await?;
+            return Ok(false);
+        }
+    }
+    let ex = Exchange {
+        head,
+        framing,
+        keepalive,
+        conf: &conf,
+        peer,
+    };
+    match &decision.outcome {
+        Outcome::Return {
+            status,
+            headers,
+            body,
+        } => {
+            // The body, if any, is read and dropped so the connection stays usable.
+            if framing != Framing::None {
+                match http1::read_body(io, buf, framing, s.client_max_body_size()).await? {
+                    Ok(_) => {}
+                    Err(Refused(st)) => {
+                        error_response(io, st, &conf, false).await?;
+                        return Ok(false);
+                    }
+                }
+            }
+            if *status == 444 {
+                return Ok(false);
+            }
+            let own_text = body.is_some()
+                && pages::default_page(*status, s.server_tokens()).as_deref() != body.as_deref();
+            let content_type = if own_text {
+                s.default_type()
+            } else {
+                "text/html".to_string()
+            };
+            respond(
+                io,
+                &ex,
+                *status,
+                headers,
+                &content_type,
+                body.as_deref().unwrap_or("").as_bytes(),
+            )
+            .await?;
+            Ok(keepalive)
+        }
+        Outcome::File { path } => {
+            if framing != Framing::None {
+                if let Err(Refused(st)) =
+                    http1::read_body(io, buf, framing, s.client_max_body_size()).await?
+                {
+                    error_response(io, st, &conf, false).await?;
+                    return Ok(false);
+                }
+            }
+            files::serve(io, &ex, &decision, path).await
+        }
+        Outcome::Proxy { .. } => proxy::serve(io, buf, &ex, &decision, plan, shared).await,
+    }
+}
+
+/// The `Server` header's value.
+pub fn server_header(tokens: ServerTokens) -> &'static str {
+    match tokens {
+        ServerTokens::Off => "nginx",
+        _ => concat!("nginx/", "1.22.1"),
+    }
+}
+
+/// Writes a whole response: nginx's header order, `add_header` for the statuses it applies
+/// to, the body unless the method is HEAD.
+pub async fn respond<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    ex: &Exchange<'_>,
+    status: u16,
+    extra: &[(String, String)],
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let s = &ex.conf.settings;
+    let mut headers = vec![
+        (
+            "Server".to_string(),
+            server_header(s.server_tokens()).to_string(),
+        ),
+        (
+            "Date".to_string(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        ),
+    ];
+    let bodyless = status == 204 || status == 304 || (100..200).contains(&status);
+    if !bodyless {
+        if !content_type.is_empty() {
+            headers.push(("Content-Type".to_string(), content_type.to_string()));
+        }
+        headers.push(("Content-Length".to_string(), body.len().to_string()));
+    }
+    headers.push(connection_header(ex));
+    headers.extend(keepalive_header(ex));
+    headers.extend(extra.iter().cloned());
+    headers.extend(add_headers(ex, status));
+    let head = http1::ResponseHead {
+        version: ex.head.version,
+        status,
+        headers,
+    };
+    let mut out = head.to_bytes();
+    if ex.head.method != "HEAD" && !bodyless {
+        out.extend_from_slice(body);
+    }
+    io.write_all(&out).await?;
+    io.flush().await
+}
+
+pub fn connection_header(ex: &Exchange<'_>) -> (String, String) {
+    let v = if ex.keepalive { "keep-alive" } else { "close" };
+    ("Connection".to_string(), v.to_string())
+}
+
+pub fn keepalive_header(ex: &Exchange<'_>) -> Option<(String, String)> {
+    let secs = ex.conf.settings.keepalive_timeout().1?;
+    ex.keepalive
+        .then(|| ("Keep-Alive".to_string(), format!("timeout={secs}")))
+}
+
+/// `add_header`: for 200, 201, 204, 206, 301, 302, 303, 304, 307, 308, or any with `always`.
+pub fn add_headers(ex: &Exchange<'_>, status: u16) -> Vec<(String, String)> {
+    let applies = matches!(
+        status,
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    );
+    let list = ex.conf.settings.add_header();
+    let values = SimpleVars { ex };
+    list.iter()
+        .filter(|h| applies || h.always)
+        .map(|h| (h.name.clone(), h.value.eval(&values)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
+}
+
+/// Variables available after routing, for response headers: the request's own.
+struct SimpleVars<'a, 'b> {
+    ex: &'a Exchange<'b>,
+}
+
+impl crate::plan::template::Resolve for SimpleVars<'_, '_> {
+    fn var(&self, var: &crate::plan::template::Var) -> Option<std::borrow::Cow<'_, str>> {
+        use crate::plan::template::Var;
+        match var {
+            Var::Http(name) => {
+                let dashed = name.replace('_', "-");
+                self.ex.head.header(&dashed).map(std::borrow::Cow::Borrowed)
+            }
+            Var::RequestMethod => Some(self.ex.head.method.as_str().into()),
+            Var::RemoteAddr => Some(self.ex.peer.ip().to_string().into()),
+            _ => None,
+        }
+    }
+    fn capture(&self, _: usize) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+}
+
+/// nginx's own error page for `status`, then close or keep the connection.
+pub async fn error_response<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    status: u16,
+    conf: &LocConf,
+    keepalive: bool,
+) -> std::io::Result<()> {
+    let tokens = conf.settings.server_tokens();
+    let shown = match status {
+        494..=497 => 400,
+        s => s,
+    };
+    let body = pages::default_page(status, tokens).unwrap_or_default();
+    let headers = vec![
+        ("Server".to_string(), server_header(tokens).to_string()),
+        (
+            "Date".to_string(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        ),
+        ("Content-Type".to_string(), "text/html".to_string()),
+        ("Content-Length".to_string(), body.len().to_string()),
+        (
+            "Connection".to_string(),
+            if keepalive { "keep-alive" } else { "close" }.to_string(),
+        ),
+    ];
+    let head = http1::ResponseHead {
+        version: (1, 1),
+        status: shown,
+        headers,
+    };
+    let mut out = head.to_bytes();
+    out.extend_from_slice(body.as_bytes());
+    io.write_all(&out).await?;
+    io.flush().await
+}

@@ -1,0 +1,383 @@
+//! HTTP/1.x on the wire, as nginx reads and writes it: the request head parsed with httparse
+//! (bare LF accepted, invalid header lines ignored), nginx's statuses for bad requests, body
+//! framing (Content-Length and chunked), and response heads written with nginx's header order.
+//!
+//! Not hyper: hyper lower-cases header names (nginx passes the client's names upstream as
+//! received) and answers malformed requests itself, where nginx gives 414, 494 and 505.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub target: String,
+    /// (major, minor)
+    pub version: (u8, u8),
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn version_text(&self) -> String {
+        format!("HTTP/{}.{}", self.version.0, self.version.1)
+    }
+
+    /// Whether the client asks to keep the connection open.
+    pub fn wants_keepalive(&self) -> bool {
+        let conn = self.header("connection").unwrap_or("").to_ascii_lowercase();
+        let has = |t: &str| conn.split(',').any(|p| p.trim() == t);
+        if self.version >= (1, 1) {
+            !has("close")
+        } else {
+            has("keep-alive")
+        }
+    }
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Why a request head was refused: the status nginx answers with (and then closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub u16);
+
+/// Limits for reading a head (`client_header_buffer_size`, `large_client_header_buffers`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The longest request line or header line.
+    pub line: usize,
+    /// The whole head.
+    pub total: usize,
+}
+
+/// Reads one request head from `io` into `buf` (which may already hold pipelined bytes).
+/// `Ok(None)`: the connection closed cleanly before a request began.
+pub async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut Vec<u8>,
+    limits: Limits,
+) -> io::Result<Result<Option<(Head, usize)>, Refused>> {
+    loop {
+        // Leading empty lines before a request are skipped, as nginx does.
+        while buf.first().is_some_and(|&b| b == b'\r' || b == b'\n') {
+            buf.remove(0);
+        }
+        if !buf.is_empty() {
+            match parse_head(buf, limits) {
+                Ok(Some(done)) => return Ok(Ok(Some(done))),
+                Ok(None) => {}
+                Err(r) => return Ok(Err(r)),
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = io.read(&mut chunk).await?;
+        if n == 0 {
+            if buf.is_empty() {
+                return Ok(Ok(None));
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Parses a complete head at the start of `buf`: `Ok(None)` when more bytes are needed.
+fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refused> {
+    // The request line's length decides 414 before anything else.
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    match line_end {
+        None if buf.len() > limits.line => return Err(Refused(414)),
+        Some(i) if i > limits.line => return Err(Refused(414)),
+        _ => {}
+    }
+    let mut storage = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut storage);
+    let mut config = httparse::ParserConfig::default();
+    config.ignore_invalid_headers_in_requests(true);
+    config.allow_multiple_spaces_in_request_line_delimiters(true);
+    let status = config.parse_request(&mut req, buf);
+    match status {
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.total {
+                return Err(Refused(494));
+            }
+            // A header line longer than a buffer is refused before the head completes.
+            if let Some(start) = line_end {
+                let longest = buf[start..]
+                    .split(|&b| b == b'\n')
+                    .map(<[u8]>::len)
+                    .max()
+                    .unwrap_or(0);
+                if longest > limits.line {
+                    return Err(Refused(494));
+                }
+            }
+            Ok(None)
+        }
+        Ok(httparse::Status::Complete(len)) => {
+            let method = req.method.unwrap_or("").to_string();
+            if method.is_empty()
+                || !method
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+            {
+                return Err(Refused(400));
+            }
+            let target = req.path.unwrap_or("").to_string();
+            let version = (1, req.version.unwrap_or(1));
+            let mut headers = Vec::with_capacity(req.headers.len());
+            for h in req.headers.iter() {
+                if h.name.len() > limits.line || h.value.len() > limits.line {
+                    return Err(Refused(494));
+                }
+                let value = String::from_utf8_lossy(h.value).trim().to_string();
+                headers.push((h.name.to_string(), value));
+            }
+            if len > limits.total {
+                return Err(Refused(494));
+            }
+            Ok(Some((
+                Head {
+                    method,
+                    target,
+                    version,
+                    headers,
+                },
+                len,
+            )))
+        }
+        Err(httparse::Error::Version) => {
+            // nginx: a major version above 1 is 505, garbage is 400.
+            let line = &buf[..line_end.unwrap_or(buf.len())];
+            let text = String::from_utf8_lossy(line);
+            let version = text.trim_end().rsplit(' ').next().unwrap_or("");
+            if let Some(v) = version.strip_prefix("HTTP/") {
+                let major = v.split('.').next().and_then(|m| m.parse::<u32>().ok());
+                if major.is_some_and(|m| m >= 2) {
+                    return Err(Refused(505));
+                }
+            }
+            Err(Refused(400))
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(Refused(494)),
+        Err(_) => Err(Refused(400)),
+    }
+}
+
+/// nginx's checks of a complete head: Host, body framing.
+pub fn check_head(head: &Head) -> Result<Framing, Refused> {
+    let hosts = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts > 1 || (head.version >= (1, 1) && hosts == 0) {
+        return Err(Refused(400));
+    }
+    let lengths: Vec<&str> = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let te = head.header("transfer-encoding");
+    if let Some(te) = te {
+        if head.version < (1, 1) {
+            return Err(Refused(400));
+        }
+        if !lengths.is_empty() {
+            return Err(Refused(400));
+        }
+        if !te.eq_ignore_ascii_case("chunked") {
+            return Err(Refused(501));
+        }
+        return Ok(Framing::Chunked);
+    }
+    match lengths.as_slice() {
+        [] => Ok(Framing::None),
+        [v] => match v.parse::<u64>() {
+            Ok(n) if v.bytes().all(|b| b.is_ascii_digit()) => Ok(if n == 0 {
+                Framing::None
+            } else {
+                Framing::Length(n)
+            }),
+            _ => Err(Refused(400)),
+        },
+        _ => Err(Refused(400)),
+    }
+}
+
+/// Reads a request body into memory, at most `max` bytes (`client_max_body_size`, 0: no
+/// limit). `Err(Refused(413))` when it is larger.
+pub async fn read_body<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut Vec<u8>,
+    framing: Framing,
+    max: u64,
+) -> io::Result<Result<Vec<u8>, Refused>> {
+    match framing {
+        Framing::None => Ok(Ok(Vec::new())),
+        Framing::Length(n) => {
+            if max > 0 && n > max {
+                return Ok(Err(Refused(413)));
+            }
+            let n = n as usize;
+            while buf.len() < n {
+                let mut chunk = vec![0u8; (n - buf.len()).min(65536)];
+                let got = io.read(&mut chunk).await?;
+                if got == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..got]);
+            }
+            let rest = buf.split_off(n);
+            Ok(Ok(std::mem::replace(buf, rest)))
+        }
+        Framing::Chunked => {
+            let mut body = Vec::new();
+            let mut pos = 0usize;
+            loop {
+                // size line
+                let line_end = loop {
+                    if let Some(i) = buf[pos..].iter().position(|&b| b == b'\n') {
+                        break pos + i;
+                    }
+                    if buf.len() - pos > 4096 {
+                        return Ok(Err(Refused(400)));
+                    }
+                    fill(io, buf).await?;
+                };
+                let line = String::from_utf8_lossy(&buf[pos..line_end])
+                    .trim()
+                    .to_string();
+                let size_text = line.split(';').next().unwrap_or("").trim();
+                let Ok(size) = usize::from_str_radix(size_text, 16) else {
+                    return Ok(Err(Refused(400)));
+                };
+                pos = line_end + 1;
+                if size == 0 {
+                    // trailers until an empty line
+                    loop {
+                        let end = loop {
+                            if let Some(i) = buf[pos..].iter().position(|&b| b == b'\n') {
+                                break pos + i;
+                            }
+                            fill(io, buf).await?;
+                        };
+                        let empty = buf[pos..end].iter().all(|&b| b == b'\r');
+                        pos = end + 1;
+                        if empty {
+                            break;
+                        }
+                    }
+                    let rest = buf.split_off(pos);
+                    *buf = rest;
+                    return Ok(Ok(body));
+                }
+                if max > 0 && (body.len() + size) as u64 > max {
+                    return Ok(Err(Refused(413)));
+                }
+                while buf.len() < pos + size + 1 {
+                    fill(io, buf).await?;
+                }
+                body.extend_from_slice(&buf[pos..pos + size]);
+                pos += size;
+                // CRLF or LF after the data
+                while buf.len() < pos + 2 && !(buf.len() > pos && buf[pos] == b'\n') {
+                    fill(io, buf).await?;
+                }
+                if buf[pos] == b'\r' {
+                    pos += 1;
+                }
+                if buf.get(pos) != Some(&b'\n') {
+                    return Ok(Err(Refused(400)));
+                }
+                pos += 1;
+            }
+        }
+    }
+}
+
+async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut chunk = [0u8; 16384];
+    let n = io.read(&mut chunk).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// A response head, written in nginx's order: status line, Server, Date, Content-Type,
+/// Content-Length, Connection, then the rest.
+pub struct ResponseHead {
+    pub version: (u8, u8),
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let reason = crate::plan::pages::reason(self.status);
+        let version = if self.version >= (1, 1) || self.version == (1, 0) {
+            "HTTP/1.1"
+        } else {
+            "HTTP/1.0"
+        };
+        let mut out = format!("{version} {} {reason}\r\n", self.status).into_bytes();
+        for (n, v) in &self.headers {
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+}
+
+pub async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        line: 8192,
+        total: 32768,
+    };
+
+    #[test]
+    fn heads() {
+        let (h, n) = parse_head(b"GET /a?b HTTP/1.1\nHost: x\nX_Y: 1\n\nrest", L)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.method.as_str(), h.target.as_str(), h.version),
+            ("GET", "/a?b", (1, 1))
+        );
+        assert_eq!(h.headers.len(), 2);
+        assert_eq!(n, 37);
+        assert_eq!(parse_head(b"GET / HTTP/2.0\r\n\r\n", L), Err(Refused(505)));
+        assert_eq!(parse_head(b"get / HTTP/1.1\r\n\r\n", L), Err(Refused(400)));
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHo", L), Ok(None));
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+        assert_eq!(parse_head(long.as_bytes(), L), Err(Refused(414)));
+    }
+}
