@@ -373,7 +373,7 @@ mod tests {
             ("GET", "/a?b", (1, 1))
         );
         assert_eq!(h.headers.len(), 2);
-        assert_eq!(n, 37);
+        assert_eq!(n, 34);
         assert_eq!(parse_head(b"GET / HTTP/2.0\r\n\r\n", L), Err(Refused(505)));
         assert_eq!(parse_head(b"get / HTTP/1.1\r\n\r\n", L), Err(Refused(400)));
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHo", L), Ok(None));
