@@ -64,6 +64,7 @@ pub async fn serve<S>(
             Err(_) | Ok(Err(_)) | Ok(Ok(Ok(None))) => return,
             Ok(Ok(Err(Refused(status)))) => {
                 let _ = error_response(&mut io, status, &default_conf, false).await;
+                linger(&mut io).await;
                 return;
             }
             Ok(Ok(Ok(Some(h)))) => h,
@@ -74,6 +75,7 @@ pub async fn serve<S>(
             Ok(f) => f,
             Err(Refused(status)) => {
                 let _ = error_response(&mut io, status, &default_conf, false).await;
+                linger(&mut io).await;
                 return;
             }
         };
@@ -133,6 +135,7 @@ where
         let max = s.client_max_body_size();
         if max > 0 && n > max {
             error_response(io, 413, &conf, false).await?;
+            linger(io).await;
             return Ok(false);
         }
     }
@@ -155,6 +158,7 @@ where
                     Ok(_) => {}
                     Err(Refused(st)) => {
                         error_response(io, st, &conf, false).await?;
+                        linger(io).await;
                         return Ok(false);
                     }
                 }
@@ -186,12 +190,31 @@ where
                     http1::read_body(io, buf, framing, s.client_max_body_size()).await?
                 {
                     error_response(io, st, &conf, false).await?;
+                    linger(io).await;
                     return Ok(false);
                 }
             }
             files::serve(io, &ex, &decision, path).await
         }
         Outcome::Proxy { .. } => proxy::serve(io, buf, &ex, &decision, plan, shared).await,
+    }
+}
+
+/// nginx's lingering close: after answering without reading the body, stop writing and read
+/// (and drop) what the client still sends, so that closing does not reset the connection
+/// before the client has read the answer (`lingering_timeout` 5s, `lingering_time` 30s).
+pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let _ = io.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut sink = [0u8; 16384];
+    loop {
+        let wait = Duration::from_secs(5)
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, io.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => continue,
+            _ => return,
+        }
     }
 }
 

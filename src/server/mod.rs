@@ -178,6 +178,8 @@ async fn run(
             return ExitCode::from(1);
         }
     }
+    // A line tests and tools can wait for: every socket is bound and the pid file written.
+    eprintln!("portico: ready (pid {})", std::process::id());
     let code = signals(shared, &paths, globals).await;
     if let Some(p) = &pid_path {
         let _ = std::fs::remove_file(p);

@@ -54,6 +54,7 @@ where
         Ok(b) => b,
         Err(Refused(status)) => {
             error_response(io, status, ex.conf, false).await?;
+            super::conn::linger(io).await;
             return Ok(false);
         }
     };

@@ -1,0 +1,394 @@
+//! The server over real sockets: the `portico` binary started on 127.0.0.1 port 0 with a
+//! config, real upstreams (an echo server written here, on TCP and on a unix socket), and raw
+//! HTTP/1 requests, so what is checked is what goes over the wire.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use crate::support;
+
+/// A running portico, killed when dropped.
+pub struct Portico {
+    child: Child,
+    pub ports: Vec<u16>,
+    pub dir: PathBuf,
+}
+
+impl Portico {
+    /// Starts portico on `http` (the inside of `http {}`), whose `listen`s should use port 0.
+    pub fn start(name: &str, http: &str) -> Portico {
+        let dir = support::scratch(&format!("serve-{name}"));
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "pid {}/portico.pid;\nevents {{ worker_connections 64; }}\nhttp {{\naccess_log off;\n{http}\n}}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        Self::start_conf(dir, conf)
+    }
+
+    pub fn start_conf(dir: PathBuf, conf: PathBuf) -> Portico {
+        let mut child = support::portico()
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .env("PORTICO_LOG", "warn")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start portico");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut ports = Vec::new();
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("portico: listening on ") {
+                        if let Some(p) = addr.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                            ports.push(p);
+                        }
+                    } else if line.starts_with("portico: ready") {
+                        break;
+                    }
+                    seen.push(line);
+                }
+                Err(_) => panic!("portico did not start: {seen:#?}"),
+            }
+        }
+        Portico { child, ports, dir }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.ports[0]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Portico {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes and reads until the server closes (or `timeout`).
+pub fn exchange(port: u16, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET path` with `Connection: close`.
+pub fn get(port: u16, path: &str, headers: &str) -> String {
+    exchange(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
+fn status(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// An upstream that answers every request with 200 and, as the body, the exact bytes of the
+/// request it received (head and body).
+pub struct Echo {
+    pub port: u16,
+}
+
+fn echo_reply<S: Read + Write>(mut s: S) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Echo: yes\r\nServer: echo\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        buf.len()
+    );
+    let _ = s.write_all(reply.as_bytes());
+    let _ = s.write_all(&buf);
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for s in l.incoming().map_while(Result::ok) {
+                thread::spawn(move || echo_reply(s));
+            }
+        });
+        Echo { port }
+    }
+
+    pub fn start_unix(path: &std::path::Path) {
+        let _ = std::fs::remove_file(path);
+        let l = UnixListener::bind(path).unwrap();
+        thread::spawn(move || {
+            for s in l.incoming().map_while(Result::ok) {
+                thread::spawn(move || echo_reply(s));
+            }
+        });
+    }
+}
+
+#[test]
+fn returns_with_nginx_headers() {
+    let p = Portico::start(
+        "returns",
+        "server { listen 127.0.0.1:0; location / { return 200 \"hi $uri $arg_a\"; } location = /go { return 301 /there; } }",
+    );
+    let r = get(p.port(), "/x?a=1", "");
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(r.contains("\r\nServer: nginx/1.22.1\r\nDate: "), "{r}");
+    assert!(
+        r.contains("\r\nContent-Type: text/plain\r\nContent-Length: 7\r\nConnection: close\r\n"),
+        "{r}"
+    );
+    assert_eq!(body(&r), "hi /x 1");
+    let r = get(p.port(), "/go", "");
+    assert_eq!(status(&r), 301);
+    assert!(
+        r.contains(&format!(
+            "\r\nLocation: http://localhost:{}/there\r\n",
+            p.port()
+        )),
+        "{r}"
+    );
+    assert!(body(&r).contains("<center><h1>301 Moved Permanently</h1></center>"));
+}
+
+#[test]
+fn proxies_exact_request_over_tcp_and_unix() {
+    let echo = Echo::start();
+    let sock = support::scratch("serve-unix-sock").join("app.sock");
+    Echo::start_unix(&sock);
+    let p = Portico::start(
+        "proxy",
+        &format!(
+            "upstream app {{ server 127.0.0.1:{}; }}
+             server {{ listen 127.0.0.1:0;
+               location /api/ {{ proxy_set_header X-Real-IP $remote_addr; proxy_pass http://app/v1/; }}
+               location /sock/ {{ proxy_pass http://unix:{}:/u/; }}
+             }}",
+            echo.port,
+            sock.display()
+        ),
+    );
+    let r = get(
+        p.port(),
+        "/api/a%20b?q=1",
+        "X-Custom: Mixed-Case\r\nx-lower: v\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let upstream = body(&r);
+    let expected = format!(
+        "GET /v1/a%20b?q=1 HTTP/1.0\r\nX-Real-IP: 127.0.0.1\r\nHost: app\r\nConnection: close\r\nX-Custom: Mixed-Case\r\nx-lower: v\r\n\r\n"
+    );
+    assert_eq!(upstream, expected);
+    assert!(r.contains("\r\nX-Echo: yes\r\n"), "{r}");
+    assert!(
+        !r.contains("Server: echo"),
+        "the upstream's Server header is replaced: {r}"
+    );
+    let r = get(p.port(), "/sock/z", "");
+    assert!(
+        body(&r).starts_with("GET /u/z HTTP/1.0\r\nHost: localhost\r\n"),
+        "{r}"
+    );
+}
+
+#[test]
+fn posts_a_body_upstream() {
+    let echo = Echo::start();
+    let p = Portico::start(
+        "post",
+        &format!(
+            "server {{ listen 127.0.0.1:0; client_max_body_size 1k; location / {{ proxy_pass http://127.0.0.1:{}; }} }}",
+            echo.port
+        ),
+    );
+    let r = exchange(
+        p.port(),
+        b"POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    assert!(
+        body(&r).ends_with("\r\nContent-Length: 5\r\n\r\nhello"),
+        "{r}"
+    );
+    let chunked = exchange(
+        p.port(),
+        b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    );
+    assert!(body(&chunked).contains("abcde"), "{chunked}");
+    let big = format!(
+        "POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n{}",
+        "x".repeat(2000)
+    );
+    assert_eq!(status(&exchange(p.port(), big.as_bytes())), 413);
+}
+
+#[test]
+fn keepalive_and_pipelining() {
+    let p = Portico::start(
+        "pipeline",
+        "server { listen 127.0.0.1:0; location / { return 200 \"$uri\"; } }",
+    );
+    let r = exchange(
+        p.port(),
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 3, "{r}");
+    let (one, two) = (r.find("/one").unwrap(), r.find("/two").unwrap());
+    assert!(one < two && r.ends_with("/three"), "{r}");
+}
+
+#[test]
+fn malformed_requests_get_nginx_statuses() {
+    let p = Portico::start(
+        "malformed",
+        "server { listen 127.0.0.1:0; location / { return 200 ok; } }",
+    );
+    let cases: [(&[u8], u16); 6] = [
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"get / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+            400,
+        ),
+        (b"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ];
+    for (raw, want) in cases {
+        let r = exchange(p.port(), raw);
+        assert_eq!(status(&r), want, "{}\n{r}", String::from_utf8_lossy(raw));
+    }
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+    assert_eq!(status(&exchange(p.port(), long.as_bytes())), 414);
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(9000)
+    );
+    let r = exchange(p.port(), big_header.as_bytes());
+    assert_eq!(status(&r), 400);
+    assert!(r.contains("Request Header Or Cookie Too Large"), "{r}");
+}
+
+#[test]
+fn upstream_failures_are_502_and_504() {
+    // A port nobody listens on, and an upstream that accepts and never answers.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().map_while(Result::ok) {
+            held.push(s);
+        }
+    });
+    let p = Portico::start(
+        "failures",
+        &format!(
+            "server {{ listen 127.0.0.1:0;
+               location /refused {{ proxy_pass http://127.0.0.1:{closed}; }}
+               location /slow {{ proxy_read_timeout 300ms; proxy_pass http://127.0.0.1:{silent_port}; }}
+             }}"
+        ),
+    );
+    assert_eq!(status(&get(p.port(), "/refused", "")), 502);
+    assert_eq!(status(&get(p.port(), "/slow", "")), 504);
+}
+
+#[test]
+fn pid_file_and_reload() {
+    let p = Portico::start(
+        "reload",
+        "server { listen 127.0.0.1:0; location / { return 200 \"first\"; } }",
+    );
+    let pid = std::fs::read_to_string(p.dir.join("portico.pid")).unwrap();
+    assert_eq!(pid.trim(), p.pid().to_string());
+    assert_eq!(body(&get(p.port(), "/", "")), "first");
+    let conf = p.dir.join("nginx.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    // A broken edit: the old plan keeps serving.
+    std::fs::write(
+        &conf,
+        text.replace("return 200 \"first\";", "return 200 \"second\"; bogus;"),
+    )
+    .unwrap();
+    let hup = |pid: u32| {
+        std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+    };
+    hup(p.pid());
+    thread::sleep(Duration::from_millis(400));
+    assert_eq!(body(&get(p.port(), "/", "")), "first");
+    std::fs::write(&conf, text.replace("first", "second")).unwrap();
+    hup(p.pid());
+    thread::sleep(Duration::from_millis(400));
+    assert_eq!(body(&get(p.port(), "/", "")), "second");
+}
