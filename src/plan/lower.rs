@@ -609,7 +609,20 @@ impl<'a> Lowerer<'a> {
 
     /// Settings a block sets itself (not those of nested blocks).
     fn own_settings(&mut self, items: &[Item<'a>], s: &mut Settings, level: Level) {
-        for (_, d) in items {
+        for (file, d) in items {
+            if d.name() == "types" {
+                if let Some(b) = &d.block {
+                    let entries = self.expand(*file, &b.directives);
+                    let mut map = std::collections::HashMap::new();
+                    for (_, e) in entries {
+                        for ext in &e.args {
+                            map.insert(ext.value.to_ascii_lowercase(), e.name().to_string());
+                        }
+                    }
+                    s.types = Some(Arc::new(map));
+                }
+                continue;
+            }
             self.setting(d, s, level);
         }
     }

@@ -168,7 +168,7 @@ async fn run(
     });
     for (listener, addr, shown) in listeners {
         eprintln!("portico: listening on {shown}");
-        tracing::info!(address = %shown, "listening");
+        tracing::debug!(address = %shown, "listening");
         let shared = shared.clone();
         tokio::spawn(accept_loop(listener, addr, shared));
     }
