@@ -5,5 +5,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod inspect;
+pub mod logging;
 pub mod plan;
 pub mod server;

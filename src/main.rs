@@ -6,12 +6,7 @@ use clap::Parser;
 use portico::cli::{Action, Cli};
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    portico::logging::init();
 
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -38,7 +33,11 @@ fn main() -> ExitCode {
             globals,
             signal,
         } => portico::commands::signal(&paths, globals, signal),
-        Action::Serve { paths, globals, .. } => portico::server::serve(&paths, globals),
+        Action::Serve {
+            paths,
+            globals,
+            error_log,
+        } => portico::server::serve(&paths, globals, error_log),
         Action::Check {
             files,
             prefix,

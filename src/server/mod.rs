@@ -73,11 +73,26 @@ fn main_directive(compiled: &config::Compiled, name: &str) -> Option<String> {
 }
 
 /// `portico` (no -t): serve until told to stop.
-pub fn serve(paths: &Paths, globals: Option<String>) -> ExitCode {
+pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) -> ExitCode {
     let Ok((plan, compiled)) = load(paths, globals.clone()) else {
         eprintln!("portico: [emerg] the configuration has errors; not starting");
         return ExitCode::from(1);
     };
+    // The error log: -e, else the main context's error_log, else nginx's default.
+    let log = error_log
+        .or_else(|| main_directive(&compiled, "error_log"))
+        .unwrap_or_else(|| "logs/error.log".to_string());
+    let log_path = if log == "stderr" || log.starts_with('/') {
+        PathBuf::from(&log)
+    } else {
+        paths.prefix.join(&log)
+    };
+    if let Err(e) = crate::logging::set_error_log(&log_path) {
+        eprintln!(
+            "portico: [alert] could not open error log file: open() \"{}\" failed ({e})",
+            log_path.display()
+        );
+    }
     let threads = worker_threads(&compiled);
     let pid_path = main_directive(&compiled, "pid").map(|p| {
         let p = PathBuf::from(p);

@@ -1,0 +1,114 @@
+//! Logging: `tracing` events written as nginx writes its error log
+//! (`2026/11/24 10:00:00 [error] 1234#0: message`), to standard error until the server knows
+//! its error log (`-e` or `error_log`), then to that file. `PORTICO_LOG` filters (env-filter
+//! syntax, e.g. `PORTICO_LOG=debug` or `PORTICO_LOG=portico::server=trace`).
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
+
+static TARGET: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Installs the subscriber. Call once, first thing.
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(NginxFormat)
+        .with_writer(Target)
+        .init();
+}
+
+/// From now on, write the log to `path` (appending); "stderr" keeps standard error.
+pub fn set_error_log(path: &Path) -> std::io::Result<()> {
+    if path == Path::new("stderr") {
+        *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        return Ok(());
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    Ok(())
+}
+
+struct Target;
+
+struct TargetWriter;
+
+impl Write for TargetWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut guard = TARGET.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut() {
+            Some(f) => f.write(buf),
+            None => std::io::stderr().write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Target {
+    type Writer = TargetWriter;
+    fn make_writer(&'a self) -> TargetWriter {
+        TargetWriter
+    }
+}
+
+struct NginxFormat;
+
+impl<S, N> FormatEvent<S, N> for NginxFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let level = match *event.metadata().level() {
+            Level::ERROR => "error",
+            Level::WARN => "warn",
+            Level::INFO => "notice",
+            Level::DEBUG | Level::TRACE => "debug",
+        };
+        write!(w, "{} [{level}] {}#0: ", timestamp(), std::process::id())?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+/// `YYYY/MM/DD HH:MM:SS` in UTC.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}/{m:02}/{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
