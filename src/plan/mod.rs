@@ -78,8 +78,10 @@ pub struct Server {
 }
 
 impl Server {
+    /// `$server_name`: the first name, without the leading dot of `.example.com`.
     pub fn name(&self) -> &str {
-        self.names.first().map_or("", String::as_str)
+        let first = self.names.first().map_or("", String::as_str);
+        first.strip_prefix('.').unwrap_or(first)
     }
 }
 

@@ -84,6 +84,8 @@ pub struct Decision {
     pub args: String,
     /// What was done, step by step, for `portico route`.
     pub trace: Vec<String>,
+    /// `add_header` of the final configuration, evaluated: (name, value, always).
+    pub add_headers: Vec<(String, String, bool)>,
 }
 
 /// How many times `last` and internal redirects may restart the search (nginx: 10).
@@ -128,7 +130,7 @@ pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
     if let Some(c) = captures {
         st.set_captures(c);
     }
-    let parsed = match uri::parse(path_target, server.conf.settings.merge_slashes()) {
+    let parsed = match uri::parse(&path_target, server.conf.settings.merge_slashes()) {
         Ok(u) => u,
         Err(_) => return st.finish_error(400),
     };
@@ -191,6 +193,7 @@ fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> De
         uri: String::new(),
         args: String::new(),
         trace: vec![why.to_string()],
+        add_headers: Vec::new(),
     }
 }
 
@@ -210,21 +213,56 @@ pub fn find_socket<'p>(plan: &'p Plan, local: &ListenAddr) -> Option<&'p Socket>
     None
 }
 
-/// `http://host/path` → (Some(host), "/path"); an origin-form target is returned as is.
-pub fn split_absolute(target: &str) -> (Option<&str>, &str) {
+/// `http://host/path` → (Some(host), "/path"); `http://host?a` → (Some(host), "/?a"); an
+/// origin-form target is returned as is.
+pub fn split_absolute(target: &str) -> (Option<&str>, Cow<'_, str>) {
     let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
     let rest = if lower.starts_with("http://") {
         &target[7..]
     } else if lower.starts_with("https://") {
         &target[8..]
     } else {
-        return (None, target);
+        return (None, Cow::Borrowed(target));
     };
-    match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (Some(&rest[..i]), &rest[i..]),
-        Some(i) => (Some(&rest[..i]), &rest[i - 1..i]),
-        None => (Some(rest), "/"),
+    match rest.find(['/', '?', '#']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (Some(&rest[..i]), Cow::Borrowed(&rest[i..])),
+        Some(i) => (Some(&rest[..i]), Cow::Owned(format!("/{}", &rest[i..]))),
+        None => (Some(rest), Cow::Borrowed("/")),
     }
+}
+
+/// The authority of an absolute-form target, as nginx's request-line parser accepts it:
+/// a name of letters, digits, dots and dashes (or a bracketed IP literal), then an optional
+/// port of digits.
+pub fn valid_authority(authority: &str) -> bool {
+    let (host, port) = if let Some(lit) = authority.strip_prefix('[') {
+        let Some((inside, after)) = lit.split_once(']') else {
+            return false;
+        };
+        let ok = inside
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":.-_~!$&'()*+,;=".contains(&b));
+        if !ok {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(p) => ("x", p),
+                None => return false,
+            },
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, p),
+            None => (authority, ""),
+        }
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn header<'r>(headers: &'r [(String, String)], name: &str) -> Option<&'r str> {
@@ -321,7 +359,16 @@ impl<'p> State<'p> {
     }
 
     fn finish(self, outcome: Outcome) -> Decision {
+        let add_headers = self
+            .conf
+            .settings
+            .add_header()
+            .iter()
+            .map(|h| (h.name.clone(), self.eval(&h.value), h.always))
+            .filter(|(_, v, _)| !v.is_empty())
+            .collect();
         Decision {
+            add_headers,
             server: self.server.index,
             location: self.location,
             conf: self.conf,
@@ -926,7 +973,7 @@ impl Resolve for State<'_> {
                 ListenAddr::Unix(p) => format!("unix:{p}"),
             }),
             Var::ServerProtocol => Cow::Borrowed(req.version.as_str()),
-            Var::RequestUri => Cow::Borrowed(split_absolute(&req.target).1),
+            Var::RequestUri => split_absolute(&req.target).1,
             Var::Uri => Cow::Borrowed(self.uri.as_str()),
             Var::Args => Cow::Borrowed(self.args.as_str()),
             Var::IsArgs => Cow::Borrowed(if self.args.is_empty() { "" } else { "?" }),

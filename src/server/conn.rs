@@ -17,10 +17,11 @@ use crate::plan::{ListenAddr, LocConf, Plan, pages};
 /// What a handler needs about the request being served.
 pub struct Exchange<'a> {
     pub head: &'a Head,
+    /// `add_header`, evaluated for this request: (name, value, always).
+    pub add: &'a [(String, String, bool)],
     pub framing: Framing,
     pub keepalive: bool,
     pub conf: &'a LocConf,
-    pub peer: SocketAddr,
 }
 
 pub async fn serve<S>(
@@ -141,10 +142,10 @@ where
     }
     let ex = Exchange {
         head,
+        add: &decision.add_headers,
         framing,
         keepalive,
         conf: &conf,
-        peer,
     };
     match &decision.outcome {
         Outcome::Return {
@@ -288,36 +289,11 @@ pub fn add_headers(ex: &Exchange<'_>, status: u16) -> Vec<(String, String)> {
         status,
         200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
     );
-    let list = ex.conf.settings.add_header();
-    let values = SimpleVars { ex };
-    list.iter()
-        .filter(|h| applies || h.always)
-        .map(|h| (h.name.clone(), h.value.eval(&values)))
-        .filter(|(_, v)| !v.is_empty())
+    ex.add
+        .iter()
+        .filter(|(_, _, always)| applies || *always)
+        .map(|(n, v, _)| (n.clone(), v.clone()))
         .collect()
-}
-
-/// Variables available after routing, for response headers: the request's own.
-struct SimpleVars<'a, 'b> {
-    ex: &'a Exchange<'b>,
-}
-
-impl crate::plan::template::Resolve for SimpleVars<'_, '_> {
-    fn var(&self, var: &crate::plan::template::Var) -> Option<std::borrow::Cow<'_, str>> {
-        use crate::plan::template::Var;
-        match var {
-            Var::Http(name) => {
-                let dashed = name.replace('_', "-");
-                self.ex.head.header(&dashed).map(std::borrow::Cow::Borrowed)
-            }
-            Var::RequestMethod => Some(self.ex.head.method.as_str().into()),
-            Var::RemoteAddr => Some(self.ex.peer.ip().to_string().into()),
-            _ => None,
-        }
-    }
-    fn capture(&self, _: usize) -> std::borrow::Cow<'_, str> {
-        "".into()
-    }
 }
 
 /// nginx's own error page for `status`, then close or keep the connection.

@@ -180,6 +180,11 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refus
 
 /// nginx's checks of a complete head: Host, body framing.
 pub fn check_head(head: &Head) -> Result<Framing, Refused> {
+    if let (Some(authority), _) = crate::plan::route::split_absolute(&head.target) {
+        if !crate::plan::route::valid_authority(authority) {
+            return Err(Refused(400));
+        }
+    }
     let hosts = head
         .headers
         .iter()
