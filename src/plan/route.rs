@@ -86,6 +86,9 @@ pub struct Decision {
     pub trace: Vec<String>,
     /// `add_header` of the final configuration, evaluated: (name, value, always).
     pub add_headers: Vec<(String, String, bool)>,
+    /// The status the answer must carry whatever its handler says (`error_page` without
+    /// `=`, or with `=code`), for files and proxied answers.
+    pub status: Option<u16>,
 }
 
 /// How many times `last` and internal redirects may restart the search (nginx: 10).
@@ -162,6 +165,55 @@ pub trait FileCheck {
     }
 }
 
+/// The status of an answer that went through `error_page`: the original error's, unless the
+/// page said `=` (the page's own) or `=code`, or the page's answer is a redirect. A redirect
+/// being replaced keeps its `Location`.
+fn error_status(
+    mut d: Decision,
+    original: u16,
+    first: &Outcome,
+    overwrite: Option<Option<u16>>,
+) -> Decision {
+    let forced = match overwrite {
+        Some(Some(code)) => Some(code),
+        Some(None) => None,
+        None => Some(original),
+    };
+    let Some(code) = forced else {
+        return d;
+    };
+    match &mut d.outcome {
+        Outcome::Return {
+            status,
+            headers,
+            body,
+        } => {
+            let is_redirect = matches!(*status, 301 | 302 | 303 | 307 | 308)
+                && headers.iter().any(|(n, _)| n == "Location");
+            if is_redirect && overwrite.is_none() {
+                return d;
+            }
+            if body.as_deref().is_some_and(|b| b.starts_with("<html>")) {
+                *body = None;
+            }
+            *status = code;
+            if let Outcome::Return {
+                headers: first_headers,
+                ..
+            } = first
+            {
+                for h in first_headers.iter().filter(|(n, _)| n == "Location") {
+                    if !headers.iter().any(|(n, _)| n == "Location") {
+                        headers.push(h.clone());
+                    }
+                }
+            }
+        }
+        _ => d.status = Some(code),
+    }
+    d
+}
+
 /// The real file system.
 pub struct RealFiles;
 
@@ -194,6 +246,7 @@ fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> De
         args: String::new(),
         trace: vec![why.to_string()],
         add_headers: Vec::new(),
+        status: None,
     }
 }
 
@@ -369,6 +422,7 @@ impl<'p> State<'p> {
             .collect();
         Decision {
             add_headers,
+            status: None,
             server: self.server.index,
             location: self.location,
             conf: self.conf,
@@ -689,14 +743,15 @@ impl<'p> State<'p> {
                 self.location = Some(loc.clone());
                 self.conf = loc.conf.clone();
                 let ops: Vec<&Op> = loc.conf.ops.iter().collect();
-                let o = match self.run(&ops, files) {
-                    Flow::Done(o) => o,
+                let overwrite = page.overwrite;
+                let decision = match self.run(&ops, files) {
+                    Flow::Done(o) => self.finish(o),
                     _ => match self.content(files) {
-                        Ok(o) => o,
-                        Err(Restart) => return self.find_and_serve(files),
+                        Ok(o) => self.finish(o),
+                        Err(Restart) => self.find_and_serve(files),
                     },
                 };
-                return self.finish(o);
+                return error_status(decision, status, &outcome, overwrite);
             }
             return self.finish(outcome);
         }
@@ -715,7 +770,9 @@ impl<'p> State<'p> {
         self.internal = true;
         self.valid_unparsed = false;
         *cycles += 1;
-        self.find_and_serve(files)
+        let overwrite = page.overwrite;
+        let decision = self.find_and_serve(files);
+        error_status(decision, status, &outcome, overwrite)
     }
 
     /// The content phase: try_files, proxy_pass, or files.
@@ -778,14 +835,20 @@ impl<'p> State<'p> {
         self.handler(files)
     }
 
-    fn handler(&mut self, _files: &dyn FileCheck) -> Result<Outcome, Restart> {
+    fn handler(&mut self, files: &dyn FileCheck) -> Result<Outcome, Restart> {
         let conf = self.conf.clone();
         if let Some(pass) = &conf.proxy {
             return Ok(self.proxy(pass));
         }
         let path = self.map_path(&self.uri.clone());
-        if self.uri.ends_with('/') {
-            return Ok(Outcome::File { path });
+        if !self.uri.ends_with('/') && files.is_dir(&path) {
+            // The static module: a directory without its slash is redirected to it.
+            let mut target = format!("{}/", self.uri);
+            if !self.args.is_empty() {
+                target = format!("{target}?{}", self.args);
+            }
+            self.trace.push(format!("{path} is a directory: 301"));
+            return Ok(self.status(301, Some(target)));
         }
         Ok(Outcome::File { path })
     }

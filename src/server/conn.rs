@@ -72,6 +72,18 @@ pub async fn serve<S>(
         };
         buf.drain(..len);
         served += 1;
+        // nginx refuses TRACE, and CONNECT (405, or 400 without a port).
+        let refused = match head.method.as_str() {
+            "TRACE" => Some(405),
+            "CONNECT" if !head.target.contains(':') || head.target.starts_with('/') => Some(400),
+            "CONNECT" => Some(405),
+            _ => None,
+        };
+        if let Some(status) = refused {
+            let _ = error_response(&mut io, status, &default_conf, false).await;
+            linger(&mut io).await;
+            return;
+        }
         let framing = match http1::check_head(&head) {
             Ok(f) => f,
             Err(Refused(status)) => {

@@ -43,7 +43,15 @@ where
                 .unwrap_or_default();
             let types = s.types();
             let content_type = types.get(&ext).cloned().unwrap_or_else(|| s.default_type());
-            respond(io, ex, 200, &[], &content_type, &bytes).await?;
+            respond(
+                io,
+                ex,
+                decision.status.unwrap_or(200),
+                &[],
+                &content_type,
+                &bytes,
+            )
+            .await?;
             Ok(ex.keepalive)
         }
         Err(e) => {

@@ -63,17 +63,34 @@ where
         _ => {
             // A URL with variables naming no group: the host and port it names.
             let authority = upstream.as_str();
-            match crate::config::env::upstream_host(authority, if pass.https { 443 } else { 80 }) {
-                Some((host, port)) => vec![Peer {
-                    addr: PeerAddr::Tcp { host, port },
+            if let Some(path) = authority.strip_prefix("unix:") {
+                vec![Peer {
+                    addr: PeerAddr::Unix {
+                        path: path.to_string(),
+                    },
                     weight: 1,
                     max_fails: 1,
                     fail_timeout: 10,
                     backup: false,
                     down: false,
                     max_conns: 0,
-                }],
-                None => Vec::new(),
+                }]
+            } else {
+                match crate::config::env::upstream_host(
+                    authority,
+                    if pass.https { 443 } else { 80 },
+                ) {
+                    Some((host, port)) => vec![Peer {
+                        addr: PeerAddr::Tcp { host, port },
+                        weight: 1,
+                        max_fails: 1,
+                        fail_timeout: 10,
+                        backup: false,
+                        down: false,
+                        max_conns: 0,
+                    }],
+                    None => Vec::new(),
+                }
             }
         }
     };
@@ -95,7 +112,12 @@ where
     let mut last = Failure::Error;
     for peer in peers.iter().take(tries) {
         match attempt(peer, &head, if send_body { &body } else { &[] }, s).await {
-            Ok(response) => return deliver(io, ex, response).await,
+            Ok(mut response) => {
+                if let Some(code) = decision.status {
+                    response.status = code;
+                }
+                return deliver(io, ex, response).await;
+            }
             Err(f) => {
                 tracing::error!(peer = %peer.addr, "upstream attempt failed");
                 let retry = match f {
