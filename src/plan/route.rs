@@ -193,6 +193,12 @@ fn error_status(
             if is_redirect && overwrite.is_none() {
                 return d;
             }
+            // The page's own error (a special response) replaces the first one.
+            let own_error =
+                *status >= 400 && body.as_deref().is_none_or(|b| b.starts_with("<html>"));
+            if own_error && overwrite.is_none() {
+                return d;
+            }
             if body.as_deref().is_some_and(|b| b.starts_with("<html>")) {
                 *body = None;
             }
@@ -504,7 +510,7 @@ impl<'p> State<'p> {
                         continue;
                     };
                     self.set_captures(c);
-                    let result = self.eval(replacement);
+                    let result = self.rewrite_result(replacement);
                     self.trace.push(format!(
                         "rewrite at {}:{}: {} -> {}",
                         place.file, place.line, self.uri, result
@@ -568,7 +574,15 @@ impl<'p> State<'p> {
                     let v = self.eval(value);
                     self.vars.insert(var.clone(), v);
                 }
-                Op::Break => return Flow::Break,
+                Op::Break => {
+                    // `break` after a changed URI: the location's name no longer applies
+                    // to it (nginx's valid_location), and the search is not restarted.
+                    if self.uri_changed {
+                        self.valid_location = false;
+                        self.uri_changed = false;
+                    }
+                    return Flow::Break;
+                }
                 Op::If {
                     cond,
                     ops,
@@ -589,6 +603,36 @@ impl<'p> State<'p> {
             }
         }
         Flow::Next
+    }
+
+    /// A rewrite's replacement: captures copied into the query part are escaped when the
+    /// request's URI was (nginx re-escapes what it decoded).
+    fn rewrite_result(&self, t: &Template) -> String {
+        use super::template::Part;
+        let mut out = String::new();
+        let mut in_args = false;
+        for part in &t.parts {
+            match part {
+                Part::Lit(l) => {
+                    in_args |= l.contains('?');
+                    out.push_str(l);
+                }
+                Part::Var(v) => {
+                    if let Some(value) = self.var(v) {
+                        out.push_str(&value);
+                    }
+                }
+                Part::Capture(n) => {
+                    let c = self.capture(*n);
+                    if in_args && (self.quoted || self.plus) {
+                        out.push_str(&uri::escape(&c, Escape::Args));
+                    } else {
+                        out.push_str(&c);
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn test(&mut self, cond: &Cond, files: &dyn FileCheck) -> bool {
