@@ -794,18 +794,15 @@ impl<'a> Lowerer<'a> {
                     ("off", None) => list.push(ProxyRedirect::Off),
                     (from, Some(to)) => {
                         let to = Template::compile(to).unwrap_or_else(|_| Template::literal(to));
-                        if let Some(re) = from.strip_prefix("~*") {
-                            list.push(ProxyRedirect::Regex {
-                                from: re.to_string(),
-                                caseless: true,
-                                to,
-                            });
-                        } else if let Some(re) = from.strip_prefix('~') {
-                            list.push(ProxyRedirect::Regex {
-                                from: re.to_string(),
-                                caseless: false,
-                                to,
-                            });
+                        let regex = from
+                            .strip_prefix("~*")
+                            .map(|r| (r, true))
+                            .or_else(|| from.strip_prefix('~').map(|r| (r, false)));
+                        if let Some((re, caseless)) = regex {
+                            match Regex::new(re, caseless) {
+                                Ok(regex) => list.push(ProxyRedirect::Regex { regex, to }),
+                                Err(m) => self.error_at(d, &d.args[0], "regex", m),
+                            }
                         } else {
                             let from =
                                 Template::compile(from).unwrap_or_else(|_| Template::literal(from));

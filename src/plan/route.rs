@@ -14,6 +14,7 @@ use super::locations::Match;
 use super::names::validate_host;
 use super::pages;
 use super::regex::Captures;
+use super::settings::ProxyRedirect;
 use super::template::{Resolve, Template, Var};
 use super::uri::{self, Escape};
 use super::*;
@@ -63,12 +64,53 @@ pub enum Outcome {
         upstream: String,
         #[serde(skip)]
         pass: Arc<ProxyPass>,
+        /// `proxy_redirect` rules, resolved for this request.
+        #[serde(skip)]
+        redirects: Vec<Redirect>,
         /// The host and port when the upstream is not a known group (variables in the URL).
         url: Option<String>,
         request: UpstreamRequest,
     },
     /// A file (or directory listing / index) under `root`/`alias`.
     File { path: String },
+}
+
+/// A `proxy_redirect` rule with its variables evaluated.
+#[derive(Clone, Debug)]
+pub enum Redirect {
+    /// A `Location` starting with `from` has it replaced by `to`.
+    Prefix { from: String, to: String },
+    /// A `Location` matching `regex` becomes `to`, with the match's captures.
+    Regex {
+        regex: super::regex::Regex,
+        to: Template,
+    },
+}
+
+impl Redirect {
+    /// Rewrites `value` by the first rule that applies.
+    pub fn apply(rules: &[Redirect], value: &str) -> Option<String> {
+        rules.iter().find_map(|r| match r {
+            Redirect::Prefix { from, to } => value
+                .strip_prefix(from.as_str())
+                .map(|rest| format!("{to}{rest}")),
+            Redirect::Regex { regex, to } => regex.captures(value).map(|c| {
+                struct Caps(super::regex::Captures);
+                impl Resolve for Caps {
+                    fn var(&self, v: &Var) -> Option<Cow<'_, str>> {
+                        match v {
+                            Var::Named(n) => self.0.named(n).map(Cow::Borrowed),
+                            _ => None,
+                        }
+                    }
+                    fn capture(&self, n: usize) -> Cow<'_, str> {
+                        Cow::Borrowed(self.0.group(n))
+                    }
+                }
+                to.eval(&Caps(c))
+            }),
+        })
+    }
 }
 
 /// The decision for one request.
@@ -86,6 +128,9 @@ pub struct Decision {
     pub trace: Vec<String>,
     /// `add_header` of the final configuration, evaluated: (name, value, always).
     pub add_headers: Vec<(String, String, bool)>,
+    /// `scheme://host[:port]` that a relative redirect is made absolute with (nginx's
+    /// `absolute_redirect`); empty when it is off.
+    pub base: String,
     /// The status the answer must carry whatever its handler says (`error_page` without
     /// `=`, or with `=code`), for files and proxied answers.
     pub status: Option<u16>,
@@ -252,6 +297,7 @@ fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> De
         args: String::new(),
         trace: vec![why.to_string()],
         add_headers: Vec::new(),
+        base: String::new(),
         status: None,
     }
 }
@@ -426,8 +472,10 @@ impl<'p> State<'p> {
             .map(|h| (h.name.clone(), self.eval(&h.value), h.always))
             .filter(|(_, v, _)| !v.is_empty())
             .collect();
+        let base = self.absolute("/").trim_end_matches('/').to_string();
         Decision {
             add_headers,
+            base,
             status: None,
             server: self.server.index,
             location: self.location,
@@ -969,8 +1017,40 @@ impl<'p> State<'p> {
             None => self.req.method.clone(),
         };
         let headers = self.upstream_headers(&s);
+        let mut redirects = Vec::new();
+        for r in s.proxy_redirect() {
+            match r {
+                ProxyRedirect::Off => {
+                    redirects.clear();
+                    break;
+                }
+                ProxyRedirect::Default if !pass.url.has_variables() => {
+                    let url = &pass.url.source;
+                    if pass.uri.is_some() {
+                        let to = self.conf.location_name.clone();
+                        redirects.push(Redirect::Prefix {
+                            from: url.clone(),
+                            to,
+                        });
+                    } else {
+                        let from = format!("{url}/");
+                        redirects.push(Redirect::Prefix {
+                            from,
+                            to: "/".into(),
+                        });
+                    }
+                }
+                ProxyRedirect::Default => {}
+                ProxyRedirect::Replace { from, to } => {
+                    let (from, to) = (self.eval(&from), self.eval(&to));
+                    redirects.push(Redirect::Prefix { from, to });
+                }
+                ProxyRedirect::Regex { regex, to } => redirects.push(Redirect::Regex { regex, to }),
+            }
+        }
         Outcome::Proxy {
             upstream,
+            redirects,
             pass: pass.clone(),
             url: url_text,
             request: UpstreamRequest {

@@ -62,8 +62,10 @@ pub struct AddHeader {
     pub always: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// `proxy_redirect`: how `Location` and `Refresh` headers of proxied answers are rewritten.
+#[derive(Clone, Debug)]
 pub enum ProxyRedirect {
+    /// The `proxy_pass` URL becomes the location's name.
     Default,
     Off,
     Replace {
@@ -71,8 +73,7 @@ pub enum ProxyRedirect {
         to: Template,
     },
     Regex {
-        from: String,
-        caseless: bool,
+        regex: super::regex::Regex,
         to: Template,
     },
 }

@@ -44,6 +44,7 @@ where
         request,
         url,
         pass,
+        redirects,
     } = &decision.outcome
     else {
         return Ok(false);
@@ -116,6 +117,7 @@ where
                 if let Some(code) = decision.status {
                     response.status = code;
                 }
+                rewrite_redirects(&mut response, redirects, &decision.base);
                 return deliver(io, ex, response).await;
             }
             Err(f) => {
@@ -138,6 +140,31 @@ where
     };
     error_response(io, status, ex.conf, ex.keepalive).await?;
     Ok(ex.keepalive)
+}
+
+/// `proxy_redirect` on `Location` and `Refresh`; a rewritten relative `Location` is made
+/// absolute, as nginx's header filter does.
+fn rewrite_redirects(r: &mut Response, rules: &[crate::plan::route::Redirect], base: &str) {
+    use crate::plan::route::Redirect;
+    for (name, value) in r.headers.iter_mut() {
+        if name.eq_ignore_ascii_case("location") {
+            if let Some(new) = Redirect::apply(rules, value) {
+                *value = if new.starts_with('/') {
+                    format!("{base}{new}")
+                } else {
+                    new
+                };
+            }
+        } else if name.eq_ignore_ascii_case("refresh") {
+            let lower = value.to_ascii_lowercase();
+            if let Some(i) = lower.find("url=") {
+                let (head, url) = value.split_at(i + 4);
+                if let Some(new) = Redirect::apply(rules, url) {
+                    *value = format!("{head}{new}");
+                }
+            }
+        }
+    }
 }
 
 /// A response read whole off the upstream.
