@@ -22,6 +22,8 @@ pub fn version(configure: bool) -> ExitCode {
         for m in absent_modules() {
             out.push_str(&format!(" --without-{m}_module"));
         }
+        // Features that are not modules of their own: proxy caching is not implemented.
+        out.push_str(" --without-http-cache");
         out.push('\n');
     }
     eprint!("{out}");

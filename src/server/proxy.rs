@@ -110,10 +110,23 @@ where
         0 => usize::MAX,
         n => n as usize,
     };
+    let idempotent = !matches!(ex.head.method.as_str(), "POST" | "LOCK" | "PATCH");
     let mut last = Failure::Error;
-    for peer in peers.iter().take(tries) {
+    let mut held: Option<Response> = None;
+    let attempts: Vec<&Peer> = peers.iter().take(tries).collect();
+    for (n, peer) in attempts.iter().enumerate() {
+        let more = n + 1 < attempts.len();
         match attempt(peer, &head, if send_body { &body } else { &[] }, s).await {
             Ok(mut response) => {
+                // proxy_next_upstream http_5xx/403/404/429: try the next server; 500, 502,
+                // 503, 504 and 429 also count as the server's failure.
+                let next_on = next.on_status(response.status);
+                let failure = next_on && matches!(response.status, 500 | 502 | 503 | 504 | 429);
+                shared.upstreams.report(upstream, peer, failure);
+                if next_on && more && (idempotent || next.non_idempotent) {
+                    held = Some(response);
+                    continue;
+                }
                 if let Some(code) = decision.status {
                     response.status = code;
                 }
@@ -122,17 +135,21 @@ where
             }
             Err(f) => {
                 tracing::error!(peer = %peer.addr, "upstream attempt failed");
+                shared.upstreams.report(upstream, peer, true);
                 let retry = match f {
                     Failure::Error => next.error,
                     Failure::Timeout => next.timeout,
                 };
-                let idempotent = !matches!(ex.head.method.as_str(), "POST" | "LOCK" | "PATCH");
                 last = f;
                 if !retry || (!idempotent && !next.non_idempotent) {
                     break;
                 }
             }
         }
+    }
+    if let Some(mut response) = held {
+        rewrite_redirects(&mut response, redirects, &decision.base);
+        return deliver(io, ex, response).await;
     }
     let status = match last {
         Failure::Error => 502,
@@ -366,16 +383,20 @@ async fn deliver<S: AsyncWrite + Unpin>(
     let s = &ex.conf.settings;
     let hide = s.proxy_hide_header();
     let pass = s.proxy_pass_header();
-    let mut headers = vec![
-        (
+    // With proxy_pass_header Server or Date, the upstream's (if any) replace nginx's own.
+    let mut headers = Vec::new();
+    if !pass.iter().any(|h| h == "server") {
+        headers.push((
             "Server".to_string(),
             server_header(s.server_tokens()).to_string(),
-        ),
-        (
+        ));
+    }
+    if !pass.iter().any(|h| h == "date") {
+        headers.push((
             "Date".to_string(),
             httpdate::fmt_http_date(std::time::SystemTime::now()),
-        ),
-    ];
+        ));
+    }
     let bodyless = r.status == 204 || r.status == 304 || (100..200).contains(&r.status);
     // Content-Type keeps its place first among the upstream's headers, as in nginx.
     if let Some(ct) = r
