@@ -101,6 +101,14 @@ where
     )
     .into_bytes();
     for (n, v) in &request.headers {
+        // A chunked request body was read whole: nginx sends its length instead.
+        if n.eq_ignore_ascii_case("transfer-encoding")
+            && v == "chunked"
+            && ex.framing == http1::Framing::Chunked
+        {
+            head.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+            continue;
+        }
         head.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
     }
     head.extend_from_slice(b"\r\n");
