@@ -451,16 +451,15 @@ impl<'p> State<'p> {
         }
     }
 
-    /// Records a regex match: named groups become variables; the numbered ones replace the
-    /// previous match's only when the regex has groups (as `ngx_http_regex_exec` does).
+    /// Records a regex match: named groups become variables, and the numbered ones replace
+    /// the previous match's, even when this regex has none (nginx measured: a nested
+    /// `location ~ /x` that matches leaves `$2` of the outer one empty).
     fn set_captures(&mut self, c: Captures) {
         for (name, _) in &c.names {
             let v = c.named(name).unwrap_or("").to_string();
             self.vars.insert(name.to_ascii_lowercase(), v);
         }
-        if !c.is_empty() {
-            self.captures = Some(c);
-        }
+        self.captures = Some(c);
     }
 
     fn finish(self, outcome: Outcome) -> Decision {
@@ -702,12 +701,14 @@ impl<'p> State<'p> {
                 let v = self.eval(left);
                 match regex.captures(&v) {
                     Some(c) => {
-                        if !negate {
-                            self.set_captures(c);
-                        }
+                        self.set_captures(c);
                         !negate
                     }
-                    None => *negate,
+                    None => {
+                        // A failed `if` regex clears the captures (nginx measured).
+                        self.captures = None;
+                        *negate
+                    }
                 }
             }
             Cond::File { test, path, negate } => {

@@ -167,6 +167,7 @@ where
         } => {
             // The body, if any, is read and dropped so the connection stays usable.
             if framing != Framing::None {
+                continue_if_expected(io, head).await?;
                 match http1::read_body(io, buf, framing, s.client_max_body_size()).await? {
                     Ok(_) => {}
                     Err(Refused(st)) => {
@@ -179,12 +180,13 @@ where
             if *status == 444 {
                 return Ok(false);
             }
-            let own_text = body.is_some()
-                && pages::default_page(*status, s.server_tokens()).as_deref() != body.as_deref();
-            let content_type = if own_text {
-                s.default_type()
-            } else {
+            let builtin = body.as_deref().is_some_and(|b| {
+                pages::default_page(*status, s.server_tokens()).as_deref() == Some(b)
+            });
+            let content_type = if builtin {
                 "text/html".to_string()
+            } else {
+                content_type_for(&decision.uri, s)
             };
             respond(
                 io,
@@ -229,6 +231,37 @@ pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
             _ => return,
         }
     }
+}
+
+/// The MIME type nginx gives an answer for `uri`: by its extension through `types`, else
+/// `default_type`.
+pub fn content_type_for(uri: &str, s: &crate::plan::Settings) -> String {
+    let name = uri.rsplit('/').next().unwrap_or("");
+    match name.rsplit_once('.') {
+        Some((_, ext)) if !ext.is_empty() => {
+            let types = s.types();
+            types
+                .get(&ext.to_ascii_lowercase())
+                .cloned()
+                .unwrap_or_else(|| s.default_type())
+        }
+        _ => s.default_type(),
+    }
+}
+
+/// Sends `100 Continue` when an HTTP/1.1 client waits for it before sending its body.
+pub async fn continue_if_expected<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    head: &Head,
+) -> std::io::Result<()> {
+    let expects = head
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects && head.version >= (1, 1) {
+        io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        io.flush().await?;
+    }
+    Ok(())
 }
 
 /// The `Server` header's value.

@@ -215,11 +215,7 @@ pub fn check_head(head: &Head) -> Result<Framing, Refused> {
     match lengths.as_slice() {
         [] => Ok(Framing::None),
         [v] => match v.parse::<u64>() {
-            Ok(n) if v.bytes().all(|b| b.is_ascii_digit()) => Ok(if n == 0 {
-                Framing::None
-            } else {
-                Framing::Length(n)
-            }),
+            Ok(n) if v.bytes().all(|b| b.is_ascii_digit()) => Ok(Framing::Length(n)),
             _ => Err(Refused(400)),
         },
         _ => Err(Refused(400)),

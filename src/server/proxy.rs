@@ -50,6 +50,7 @@ where
         return Ok(false);
     };
     let s = &ex.conf.settings;
+    super::conn::continue_if_expected(io, ex.head).await?;
     // proxy_request_buffering: the whole body is read before the upstream is chosen.
     let body = match http1::read_body(io, buf, ex.framing, s.client_max_body_size()).await? {
         Ok(b) => b,

@@ -3,6 +3,7 @@
 //! and the two verdicts are compared.
 
 mod corpus;
+mod differential;
 mod golden;
 mod routing;
 mod serve;

@@ -1,0 +1,334 @@
+//! The differential suite: each `tests/differential/*.case` configuration is served by nginx
+//! and by Portico at once, the same requests go to both, and the answers are compared: status,
+//! body, `Location`, `Content-Type`; where a location proxies to the echo upstream (which
+//! answers with the exact request it received), the body *is* the upstream request, so the
+//! request line and every header sent upstream are compared byte for byte.
+//!
+//! Case file format:
+//!
+//! ```text
+//! # what this file covers
+//! === config
+//! server { listen 127.0.0.1:$PORT; location / { proxy_pass http://127.0.0.1:$ECHO; } }
+//! === requests
+//! GET /path
+//! GET /path | Host: other.example | X-A: 1
+//! POST /form | Content-Length: 5 || hello
+//! ```
+//!
+//! `$PORT` is the listening port (each server gets its own; ports in answers are normalised),
+//! `$ECHO` the echo upstream's. Requests are HTTP/1.1 with `Connection: close` and, unless
+//! given, `Host: localhost`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support;
+
+/// The least number of compared requests the suite must have.
+const MIN_COMPARED: usize = 200;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(port: u16) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes `http` as a whole nginx.conf in `dir` for one server program.
+fn write_conf(dir: &Path, http: &str, port: u16, echo: u16) -> PathBuf {
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let http = http
+        .replace("$PORT", &port.to_string())
+        .replace("$ECHO", &echo.to_string());
+    let d = dir.display();
+    let text = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/run.pid;\nerror_log {d}/logs/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n    access_log off;\n    client_body_temp_path {d}/cb;\n    proxy_temp_path {d}/px;\n    fastcgi_temp_path {d}/fc;\n    uwsgi_temp_path {d}/uw;\n    scgi_temp_path {d}/sc;\n{http}\n}}\n"
+    );
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, text).unwrap();
+    conf
+}
+
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn send(port: u16, raw: &[u8]) -> Option<Answer> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(raw).ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        })
+        .collect::<Vec<_>>();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// An upstream answering every request with the exact bytes it received.
+fn echo_upstream() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || echo(s));
+        }
+    });
+    port
+}
+
+fn echo(mut s: TcpStream) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .unwrap_or(0);
+    while buf.len() < end + len {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/x-echo\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        buf.len()
+    );
+    let _ = s.write_all(reply.as_bytes());
+    let _ = s.write_all(&buf);
+}
+
+struct Case {
+    line: String,
+    raw: Vec<u8>,
+}
+
+fn parse(text: &str) -> (String, Vec<Case>) {
+    let config = text
+        .split("=== config\n")
+        .nth(1)
+        .and_then(|r| r.split("=== requests\n").next())
+        .expect("=== config section")
+        .to_string();
+    let requests = text
+        .split("=== requests\n")
+        .nth(1)
+        .expect("=== requests section");
+    let cases = requests
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let (head, body) = line.split_once(" || ").unwrap_or((line, ""));
+            let mut parts = head.split(" | ");
+            let request_line = parts.next().unwrap().trim();
+            let headers: Vec<&str> = parts.map(str::trim).collect();
+            let mut raw = format!("{request_line} HTTP/1.1\r\n");
+            if !headers
+                .iter()
+                .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+            {
+                raw += "Host: localhost\r\n";
+            }
+            for h in &headers {
+                raw += &format!("{h}\r\n");
+            }
+            raw += "Connection: close\r\n\r\n";
+            raw += body;
+            Case {
+                line: line.to_string(),
+                raw: raw.into_bytes(),
+            }
+        })
+        .collect();
+    (config, cases)
+}
+
+fn normalize(s: &str, port: u16, echo: u16) -> String {
+    s.replace(&port.to_string(), "$PORT")
+        .replace(&echo.to_string(), "$ECHO")
+}
+
+#[test]
+fn nginx_and_portico_answer_alike() {
+    let Some(nginx) = support::nginx_binary() else {
+        eprintln!("differential: nginx not installed, skipped");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/differential");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "case"))
+        .collect();
+    files.sort();
+    let (mut compared, mut differences) = (0usize, Vec::new());
+    let echo = echo_upstream();
+    for file in &files {
+        let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let (config, cases) = parse(&std::fs::read_to_string(file).unwrap());
+        let scratch = support::scratch(&format!("differential-{name}"));
+        let (np, pp) = (free_port(), free_port());
+        let nconf = write_conf(&scratch.join("nginx"), &config, np, echo);
+        let pconf = write_conf(&scratch.join("portico"), &config, pp, echo);
+        let _n = Running(
+            Command::new(&nginx)
+                .arg("-p")
+                .arg(scratch.join("nginx"))
+                .arg("-c")
+                .arg(&nconf)
+                .arg("-e")
+                .arg(scratch.join("nginx/logs/error.log"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nginx"),
+        );
+        let _p = Running(
+            support::portico()
+                .arg("-p")
+                .arg(scratch.join("portico"))
+                .arg("-c")
+                .arg(&pconf)
+                .env("PORTICO_LOG", "error")
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start portico"),
+        );
+        assert!(
+            wait_for(np),
+            "{name}: nginx did not start (see {})",
+            scratch.display()
+        );
+        assert!(
+            wait_for(pp),
+            "{name}: portico did not start (see {})",
+            scratch.display()
+        );
+        for case in &cases {
+            let (a, b) = (send(np, &case.raw), send(pp, &case.raw));
+            let (Some(a), Some(b)) = (a, b) else {
+                differences.push(format!("{name}: {}: no answer from one of them", case.line));
+                continue;
+            };
+            compared += 1;
+            let mut diff = Vec::new();
+            if a.status != b.status {
+                diff.push(format!("status: nginx {} portico {}", a.status, b.status));
+            }
+            for h in ["Location", "Content-Type"] {
+                let (x, y) = (
+                    a.header(h).map(|v| normalize(v, np, echo)),
+                    b.header(h).map(|v| normalize(v, pp, echo)),
+                );
+                if x != y {
+                    diff.push(format!("{h}: nginx {x:?} portico {y:?}"));
+                }
+            }
+            let (x, y) = (normalize(&a.body, np, echo), normalize(&b.body, pp, echo));
+            if x != y {
+                diff.push(format!("body:\n--- nginx\n{x}\n--- portico\n{y}"));
+            }
+            if !diff.is_empty() {
+                differences.push(format!("{name}: {}\n  {}", case.line, diff.join("\n  ")));
+            }
+        }
+    }
+    eprintln!(
+        "differential: {} files, {compared} requests compared, {} match",
+        files.len(),
+        compared - differences.len().min(compared)
+    );
+    assert!(
+        differences.is_empty(),
+        "{} differences:\n{}",
+        differences.len(),
+        differences.join("\n\n")
+    );
+    assert!(
+        compared >= MIN_COMPARED,
+        "only {compared} requests compared (at least {MIN_COMPARED})"
+    );
+}
