@@ -220,6 +220,33 @@ impl<'a> Lowerer<'a> {
                 _ => {}
             }
         }
+        self.plan.log_formats.insert(
+            "combined".to_string(),
+            LogFormat {
+                template: Template::compile(COMBINED).unwrap_or_default(),
+                escape: "default".to_string(),
+            },
+        );
+        for (_, d) in items {
+            if d.name() == "log_format" && d.args.len() >= 2 {
+                let name = d.args[0].value.clone();
+                let (escape, parts) = match d.args[1].value.strip_prefix("escape=") {
+                    Some(e) => (e.to_string(), &d.args[2..]),
+                    None => ("default".to_string(), &d.args[1..]),
+                };
+                let text: String = parts.iter().map(|a| a.value.as_str()).collect();
+                let template = match Template::compile(&text) {
+                    Ok(t) => t,
+                    Err(m) => {
+                        self.error(d, "variable", m);
+                        continue;
+                    }
+                };
+                self.plan
+                    .log_formats
+                    .insert(name, LogFormat { template, escape });
+            }
+        }
         let mut http = LocConf::default();
         self.own_settings(items, &mut http.settings, Level::Http);
         if http.settings.root.is_none() {
@@ -752,7 +779,15 @@ impl<'a> Lowerer<'a> {
                     list.clear();
                 } else {
                     let mut log = AccessLog {
-                        path: Template::compile(first).unwrap_or_else(|_| Template::literal(first)),
+                        path: if first.starts_with('/')
+                            || first.contains('$')
+                            || first == "stderr"
+                            || first.starts_with("syslog:")
+                        {
+                            Template::compile(first).unwrap_or_else(|_| Template::literal(first))
+                        } else {
+                            Template::literal(&self.full_name(first))
+                        },
                         format: a.get(1).unwrap_or(&"combined").to_string(),
                         buffer: None,
                         flush: None,

@@ -50,7 +50,20 @@ pub struct Plan {
     pub maps: HashMap<String, Arc<Map>>,
     /// Settings of the http level, for requests no server takes.
     pub http: Arc<LocConf>,
+    /// `log_format`s by name, `combined` included.
+    pub log_formats: HashMap<String, LogFormat>,
 }
+
+/// A `log_format`.
+#[derive(Debug, Clone)]
+pub struct LogFormat {
+    pub template: Template,
+    /// `escape=`: `default`, `json` or `none`.
+    pub escape: String,
+}
+
+/// nginx's predefined `combined` format.
+pub const COMBINED: &str = "$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\"";
 
 /// One listening socket and the servers reachable through it.
 #[derive(Debug)]

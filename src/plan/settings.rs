@@ -254,7 +254,8 @@ settings! {
     tcp_nodelay: bool = true;
     disable_symlinks: bool = false;
     access_log: Vec<AccessLog> = vec![AccessLog {
-        path: Template::literal("logs/access.log"),
+        // Debian's build (--http-log-path), which Portico follows.
+        path: Template::literal("/var/log/nginx/access.log"),
         format: "combined".into(),
         buffer: None,
         flush: None,

@@ -19,6 +19,8 @@ pub struct Exchange<'a> {
     pub head: &'a Head,
     /// `add_header`, evaluated for this request: (name, value, always).
     pub add: &'a [(String, String, bool)],
+    /// What was sent, for the access log.
+    pub served: std::sync::Mutex<super::log::Served>,
     pub framing: Framing,
     pub keepalive: bool,
     pub conf: &'a LocConf,
@@ -118,7 +120,7 @@ async fn handle<S>(
     local: &ListenAddr,
     socket: &ListenAddr,
     shared: &Arc<Shared>,
-    served: u64,
+    served_count: u64,
 ) -> std::io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -141,8 +143,9 @@ where
     let decision = route::route(plan, &request, &RealFiles);
     let conf = decision.conf.clone();
     let s = &conf.settings;
-    let keepalive =
-        head.wants_keepalive() && s.keepalive_timeout().0 > 0 && served < s.keepalive_requests();
+    let keepalive = head.wants_keepalive()
+        && s.keepalive_timeout().0 > 0
+        && served_count < s.keepalive_requests();
     // nginx refuses a declared body larger than client_max_body_size before anything else.
     if let Framing::Length(n) = framing {
         let max = s.client_max_body_size();
@@ -155,10 +158,46 @@ where
     let ex = Exchange {
         head,
         add: &decision.add_headers,
+        served: Default::default(),
         framing,
         keepalive,
         conf: &conf,
     };
+    let started = std::time::Instant::now();
+    let result = serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive).await;
+    let served = ex.served.lock().map(|s| s.clone()).unwrap_or_default();
+    if served.status != 0 {
+        super::log::write(&super::log::Entry {
+            plan,
+            decision: &decision,
+            head,
+            peer,
+            local,
+            served: &served,
+            started,
+            connection: 0,
+            requests: served_count,
+        });
+    }
+    result
+}
+
+async fn serve_outcome<S>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    ex: &Exchange<'_>,
+    decision: &route::Decision,
+    plan: &Arc<Plan>,
+    shared: &Arc<Shared>,
+    keepalive: bool,
+) -> std::io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let conf = ex.conf;
+    let s = &conf.settings;
+    let head = ex.head;
+    let framing = ex.framing;
     match &decision.outcome {
         Outcome::Return {
             status,
@@ -310,11 +349,24 @@ pub async fn respond<S: AsyncWrite + Unpin>(
         headers,
     };
     let mut out = head.to_bytes();
+    let head_len = out.len();
     if ex.head.method != "HEAD" && !bodyless {
         out.extend_from_slice(body);
     }
+    ex.record(status, out.len(), out.len() - head_len);
     io.write_all(&out).await?;
     io.flush().await
+}
+
+impl Exchange<'_> {
+    /// Notes what was sent, for the access log.
+    pub fn record(&self, status: u16, bytes: usize, body: usize) {
+        if let Ok(mut s) = self.served.lock() {
+            s.status = status;
+            s.bytes_sent = bytes as u64;
+            s.body_bytes_sent = body as u64;
+        }
+    }
 }
 
 pub fn connection_header(ex: &Exchange<'_>) -> (String, String) {

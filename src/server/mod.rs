@@ -6,6 +6,7 @@
 mod conn;
 mod files;
 pub mod http1;
+pub mod log;
 mod proxy;
 mod upstreams;
 
@@ -81,7 +82,7 @@ pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) 
     // The error log: -e, else the main context's error_log, else nginx's default.
     let log = error_log
         .or_else(|| main_directive(&compiled, "error_log"))
-        .unwrap_or_else(|| "logs/error.log".to_string());
+        .unwrap_or_else(|| "/var/log/nginx/error.log".to_string());
     let log_path = if log == "stderr" || log.starts_with('/') {
         PathBuf::from(&log)
     } else {
@@ -196,6 +197,7 @@ async fn run(
     // A line tests and tools can wait for: every socket is bound and the pid file written.
     eprintln!("portico: ready (pid {})", std::process::id());
     let code = signals(shared, &paths, globals).await;
+    log::flush();
     if let Some(p) = &pid_path {
         let _ = std::fs::remove_file(p);
     }

@@ -123,8 +123,11 @@ where
     let mut last = Failure::Error;
     let mut held: Option<Response> = None;
     let attempts: Vec<&Peer> = peers.iter().take(tries).collect();
+    let started = std::time::Instant::now();
+    let mut tried: Vec<String> = Vec::new();
     for (n, peer) in attempts.iter().enumerate() {
         let more = n + 1 < attempts.len();
+        tried.push(peer.addr.to_string());
         match attempt(peer, &head, if send_body { &body } else { &[] }, s).await {
             Ok(mut response) => {
                 // proxy_next_upstream http_5xx/403/404/429: try the next server; 500, 502,
@@ -140,6 +143,7 @@ where
                     response.status = code;
                 }
                 rewrite_redirects(&mut response, redirects, &decision.base);
+                note_upstream(ex, &tried, Some(response.status), started);
                 return deliver(io, ex, response).await;
             }
             Err(f) => {
@@ -158,6 +162,7 @@ where
     }
     if let Some(mut response) = held {
         rewrite_redirects(&mut response, redirects, &decision.base);
+        note_upstream(ex, &tried, Some(response.status), started);
         return deliver(io, ex, response).await;
     }
     let status = match last {
@@ -165,7 +170,23 @@ where
         Failure::Timeout => 504,
     };
     error_response(io, status, ex.conf, ex.keepalive).await?;
+    ex.record(status, 0, 0);
+    note_upstream(ex, &tried, None, started);
     Ok(ex.keepalive)
+}
+
+/// `$upstream_addr`, `$upstream_status`, `$upstream_response_time` for the access log.
+fn note_upstream(
+    ex: &Exchange<'_>,
+    tried: &[String],
+    status: Option<u16>,
+    started: std::time::Instant,
+) {
+    if let Ok(mut s) = ex.served.lock() {
+        s.upstream_addr = Some(tried.join(", "));
+        s.upstream_status = status;
+        s.upstream_time = Some(started.elapsed());
+    }
 }
 
 /// `proxy_redirect` on `Location` and `Refresh`; a rewritten relative `Location` is made
@@ -453,6 +474,15 @@ async fn deliver<S: AsyncWrite + Unpin>(
     if ex.head.method != "HEAD" && !bodyless {
         out.extend_from_slice(&r.body);
     }
+    ex.record(
+        r.status,
+        out.len(),
+        if ex.head.method != "HEAD" && !bodyless {
+            r.body.len()
+        } else {
+            0
+        },
+    );
     io.write_all(&out).await?;
     io.flush().await?;
     Ok(ex.keepalive)

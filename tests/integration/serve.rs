@@ -392,3 +392,58 @@ fn pid_file_and_reload() {
     thread::sleep(Duration::from_millis(400));
     assert_eq!(body(&get(p.port(), "/", "")), "second");
 }
+
+#[test]
+fn access_log_combined_and_custom() {
+    let echo = Echo::start();
+    let dir = support::scratch("serve-accesslog-files");
+    let p = Portico::start(
+        "accesslog",
+        &format!(
+            "log_format up '$request_method $uri $status $upstream_addr $upstream_status \"$http_x_q\"';
+             server {{ listen 127.0.0.1:0;
+               access_log {dir}/combined.log;
+               location /up/ {{ access_log {dir}/up.log up; proxy_pass http://127.0.0.1:{port}; }}
+               location /quiet/ {{ access_log off; return 204; }}
+               location / {{ return 200 \"hello\"; }}
+             }}",
+            dir = dir.display(),
+            port = echo.port
+        ),
+    );
+    get(
+        p.port(),
+        "/a?b=1",
+        "User-Agent: ua/1\r\nReferer: http://r/\r\n",
+    );
+    get(p.port(), "/up/x", "X-Q: a\"b\r\n");
+    get(p.port(), "/quiet/x", "");
+    // Lines are written by a thread of their own; give it a moment.
+    let read = |name: &str| {
+        for _ in 0..50 {
+            if let Ok(t) = std::fs::read_to_string(dir.join(name)) {
+                if !t.is_empty() {
+                    return t;
+                }
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        String::new()
+    };
+    let combined = read("combined.log");
+    assert!(
+        combined.starts_with("127.0.0.1 - - [")
+            && combined.contains("] \"GET /a?b=1 HTTP/1.1\" 200 5 \"http://r/\" \"ua/1\"\n"),
+        "{combined}"
+    );
+    assert_eq!(
+        combined.lines().count(),
+        1,
+        "access_log off and the location's own log: {combined}"
+    );
+    let up = read("up.log");
+    assert_eq!(
+        up,
+        format!("GET /up/x 200 127.0.0.1:{} 200 \"a\\x22b\"\n", echo.port)
+    );
+}
