@@ -144,6 +144,9 @@ where
                 }
                 rewrite_redirects(&mut response, redirects, &decision.base);
                 note_upstream(ex, &tried, Some(response.status), started);
+                if let Some(upstream_io) = response.upgraded.take() {
+                    return tunnel(io, buf, ex, response, upstream_io).await;
+                }
                 return deliver(io, ex, response).await;
             }
             Err(f) => {
@@ -173,6 +176,54 @@ where
     ex.record(status, 0, 0);
     note_upstream(ex, &tried, None, started);
     Ok(ex.keepalive)
+}
+
+/// A `101 Switching Protocols` (WebSocket): the answer goes to the client, then bytes flow
+/// both ways until either side closes.
+async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    ex: &Exchange<'_>,
+    r: Response,
+    mut up: Box<dyn Stream>,
+) -> std::io::Result<bool> {
+    let s = &ex.conf.settings;
+    let mut headers = vec![
+        (
+            "Server".to_string(),
+            server_header(s.server_tokens()).to_string(),
+        ),
+        (
+            "Date".to_string(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        ),
+        ("Connection".to_string(), "upgrade".to_string()),
+    ];
+    for (n, v) in &r.headers {
+        let lower = n.to_ascii_lowercase();
+        if !matches!(
+            lower.as_str(),
+            "connection" | "date" | "server" | "keep-alive" | "transfer-encoding"
+        ) {
+            headers.push((n.clone(), v.clone()));
+        }
+    }
+    let head = http1::ResponseHead {
+        version: (1, 1),
+        status: 101,
+        headers,
+    };
+    let out = head.to_bytes();
+    ex.record(101, out.len(), 0);
+    io.write_all(&out).await?;
+    io.write_all(&r.body).await?;
+    io.flush().await?;
+    if !buf.is_empty() {
+        up.write_all(buf).await?;
+        buf.clear();
+    }
+    let _ = tokio::io::copy_bidirectional(io, &mut up).await;
+    Ok(false)
 }
 
 /// `$upstream_addr`, `$upstream_status`, `$upstream_response_time` for the access log.
@@ -219,6 +270,14 @@ struct Response {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// After a `101 Switching Protocols`: the upstream connection, to tunnel.
+    upgraded: Option<Box<dyn Stream>>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Response({})", self.status)
+    }
 }
 
 async fn connect(peer: &Peer) -> std::io::Result<Box<dyn Stream>> {
@@ -288,6 +347,14 @@ async fn attempt(
         }
     };
     let mut body = buf.split_off(consumed);
+    if status == 101 {
+        return Ok(Response {
+            status,
+            headers,
+            body,
+            upgraded: Some(up),
+        });
+    }
     let header = |name: &str| {
         headers
             .iter()
@@ -340,6 +407,7 @@ async fn attempt(
         status,
         headers,
         body,
+        upgraded: None,
     })
 }
 

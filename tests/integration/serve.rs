@@ -447,3 +447,80 @@ fn access_log_combined_and_custom() {
         format!("GET /up/x 200 127.0.0.1:{} 200 \"a\\x22b\"\n", echo.port)
     );
 }
+
+#[test]
+fn websocket_upgrade_is_tunnelled_both_ways() {
+    // An upstream that switches protocols, then answers every chunk upper-cased.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                assert!(
+                    text.contains("\r\nUpgrade: websocket\r\n")
+                        && text.contains("\r\nConnection: upgrade\r\n"),
+                    "{text}"
+                );
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let _ = s.write_all(&buf[..n].to_ascii_uppercase());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let p = Portico::start(
+        "websocket",
+        &format!(
+            "map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+             server {{ listen 127.0.0.1:0;
+               location /ws/ {{
+                 proxy_http_version 1.1;
+                 proxy_set_header Upgrade $http_upgrade;
+                 proxy_set_header Connection $connection_upgrade;
+                 proxy_pass http://127.0.0.1:{up};
+               }}
+             }}"
+        ),
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", p.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"GET /ws/chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the 101");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nConnection: upgrade\r\n") && head.contains("\r\nUpgrade: websocket\r\n"),
+        "{head}"
+    );
+    for msg in ["ping", "second message"] {
+        s.write_all(msg.as_bytes()).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], msg.to_ascii_uppercase().as_bytes());
+    }
+}
