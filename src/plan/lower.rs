@@ -49,7 +49,10 @@ pub fn lower(compiled: &Compiled, options: &LowerOptions) -> (Plan, Vec<Diagnost
         out: Vec::new(),
         upstreams: HashMap::new(),
         upstream_order: Vec::new(),
-        plan: Plan::default(),
+        plan: Plan {
+            prefix: options.prefix.clone(),
+            ..Plan::default()
+        },
         sockets: Vec::new(),
     };
     let Some(root) = compiled.sources.root else {

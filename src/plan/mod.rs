@@ -52,6 +52,15 @@ pub struct Plan {
     pub http: Arc<LocConf>,
     /// `log_format`s by name, `combined` included.
     pub log_formats: HashMap<String, LogFormat>,
+    /// nginx's prefix, which relative paths the runtime opens (temp paths) start from.
+    pub prefix: String,
+}
+
+impl Plan {
+    /// A path as `ngx_conf_full_name` makes it: relative ones start at the prefix.
+    pub fn full_path(&self, path: &str) -> std::path::PathBuf {
+        std::path::Path::new(&self.prefix).join(path)
+    }
 }
 
 /// A `log_format`.
