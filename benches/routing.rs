@@ -82,6 +82,8 @@ fn request(host: &str, target: &str) -> Request {
         socket: ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
         https: false,
         body_len: None,
+        connection: 1,
+        requests: 1,
         chunked: false,
     }
 }

@@ -130,6 +130,8 @@ pub fn route(args: &RouteArgs) -> ExitCode {
         local,
         https: args.https,
         body_len,
+        connection: 1,
+        requests: 1,
         chunked,
     };
     let decision = route::route(&plan, &request, &RealFiles);

@@ -39,6 +39,10 @@ pub struct Request {
     /// The length of the body, when there is one.
     pub body_len: Option<u64>,
     pub chunked: bool,
+    /// `$connection`: the connection's serial number.
+    pub connection: u64,
+    /// `$connection_requests`: requests made on the connection so far, this one included.
+    pub requests: u64,
 }
 
 /// The request line and headers that would go to the upstream.
@@ -1253,6 +1257,8 @@ impl Resolve for State<'_> {
                     "http_host" => Cow::Borrowed(header(&self.headers, "host")?),
                     "hostname" => Cow::Owned(hostname()),
                     "nginx_version" => Cow::Borrowed("1.22.1"),
+                    "connection" => Cow::Owned(req.connection.to_string()),
+                    "connection_requests" => Cow::Owned(req.requests.to_string()),
                     "server_name" => Cow::Borrowed(self.server.name()),
                     _ => return None,
                 }

@@ -14,6 +14,9 @@ use crate::plan::route::{self, Outcome, RealFiles};
 use crate::plan::settings::ServerTokens;
 use crate::plan::{ListenAddr, LocConf, Plan, pages};
 
+/// Connections accepted so far: `$connection` is the serial number of one.
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What a handler needs about the request being served.
 pub struct Exchange<'a> {
     pub head: &'a Head,
@@ -37,6 +40,7 @@ pub async fn serve<S>(
 {
     let mut buf: Vec<u8> = Vec::new();
     let mut served = 0u64;
+    let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     loop {
         let plan = shared.plan.load_full();
         let socket = if plan.sockets.iter().any(|s| s.addr == local) {
@@ -95,7 +99,16 @@ pub async fn serve<S>(
             }
         };
         let keepalive = match handle(
-            &mut io, &mut buf, &plan, &head, framing, peer, &local, &socket, &shared, served,
+            &mut io,
+            &mut buf,
+            &plan,
+            &head,
+            framing,
+            peer,
+            &local,
+            &socket,
+            &shared,
+            (connection, served),
         )
         .await
         {
@@ -120,7 +133,7 @@ async fn handle<S>(
     local: &ListenAddr,
     socket: &ListenAddr,
     shared: &Arc<Shared>,
-    served_count: u64,
+    (connection, served_count): (u64, u64),
 ) -> std::io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -139,6 +152,8 @@ where
             _ => None,
         },
         chunked: framing == Framing::Chunked,
+        connection,
+        requests: served_count,
     };
     let decision = route::route(plan, &request, &RealFiles);
     let conf = decision.conf.clone();
@@ -175,7 +190,7 @@ where
             local,
             served: &served,
             started,
-            connection: 0,
+            connection,
             requests: served_count,
         });
     }

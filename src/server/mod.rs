@@ -8,6 +8,7 @@ mod conn;
 mod files;
 pub mod http1;
 pub mod log;
+mod pool;
 mod proxy;
 mod upstreams;
 
@@ -28,6 +29,8 @@ pub use upstreams::Upstreams;
 pub struct Shared {
     pub plan: ArcSwap<Plan>,
     pub upstreams: Upstreams,
+    /// Idle upstream connections (`keepalive`), kept across reloads.
+    pub pool: pool::Pool,
 }
 
 /// Compiles the configuration as `nginx -t` would, printing problems nginx's way.
@@ -182,6 +185,7 @@ async fn run(
     let shared = Arc::new(Shared {
         plan: ArcSwap::from_pointee(plan),
         upstreams: Upstreams::default(),
+        pool: Default::default(),
     });
     for (listener, addr, shown) in listeners {
         eprintln!("portico: listening on {shown}");

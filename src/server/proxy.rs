@@ -1,24 +1,25 @@
-//! The reverse proxy: the request line and headers the plan decided, sent over TCP or a unix
-//! socket; the response read off the upstream (buffered, so the upstream connection is released
-//! before a slow client has read it), its headers filtered as nginx filters them, and sent on.
-//! 502 when the upstream refuses or breaks, 504 when it times out.
+//! The reverse proxy. The request body is read whole first (`proxy_request_buffering`, spilled
+//! to `client_body_temp_path` past `client_body_buffer_size`) or streamed; the request goes to
+//! an upstream over TCP or a unix socket, fresh or from the `keepalive` pool; the response
+//! headers are filtered as nginx filters them; the body is read off the upstream as fast as it
+//! comes into a [`Pipe`] (memory, then `proxy_temp_path`) while the client takes it at its own
+//! pace, so the upstream is released before a slow client has read it (`proxy_buffering`; off,
+//! the pipe holds one buffer and the upstream waits for the client). 502 when the upstream
+//! refuses or breaks, 504 when it times out.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::Shared;
-use super::conn::{
-    Exchange, add_headers, connection_header, error_response, keepalive_header, server_header,
-};
-use super::http1::{self, Refused};
+use super::body::{BodyError, BodyReader, Decoder, Pipe, Spool};
+use super::conn::{Exchange, add_headers, error_response, keepalive_header, linger, server_header};
+use super::http1::{self, Framing};
+use super::pool::{Conn, Stream};
 use crate::plan::route::{Decision, Outcome};
-use crate::plan::{Peer, PeerAddr, Plan};
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+use crate::plan::{Keepalive, Peer, PeerAddr, Plan, Settings};
 
 /// Why an upstream attempt failed.
 enum Failure {
@@ -26,6 +27,26 @@ enum Failure {
     Error,
     /// A timeout: 504.
     Timeout,
+    /// The client's body could not be read: answer with this status (408: just close).
+    Client(u16),
+    /// The client went away.
+    ClientGone(std::io::Error),
+}
+
+/// The request body as it goes upstream.
+enum ReqBody {
+    None,
+    /// Read whole: can be sent again to the next upstream.
+    Spooled(Spool),
+    /// Passed on as it arrives (`proxy_request_buffering off`); not once it has started.
+    Stream {
+        reader: BodyReader,
+        started: bool,
+    },
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v.max(1))
 }
 
 pub async fn serve<S>(
@@ -51,91 +72,79 @@ where
     };
     let s = &ex.conf.settings;
     super::conn::continue_if_expected(io, ex.head).await?;
-    // proxy_request_buffering: the whole body is read before the upstream is chosen.
-    let body = match http1::read_body(io, buf, ex.framing, s.client_max_body_size()).await? {
-        Ok(b) => b,
-        Err(Refused(status)) => {
-            error_response(io, status, ex.conf, false).await?;
-            super::conn::linger(io).await;
-            return Ok(false);
-        }
-    };
-    let peers: Vec<Peer> = match plan.upstreams.iter().find(|u| u.name == *upstream) {
-        Some(group) if url.is_none() || !group.implicit => shared.upstreams.order(group),
-        _ => {
-            // A URL with variables naming no group: the host and port it names.
-            let authority = upstream.as_str();
-            if let Some(path) = authority.strip_prefix("unix:") {
-                vec![Peer {
-                    addr: PeerAddr::Unix {
-                        path: path.to_string(),
-                    },
-                    weight: 1,
-                    max_fails: 1,
-                    fail_timeout: 10,
-                    backup: false,
-                    down: false,
-                    max_conns: 0,
-                }]
-            } else {
-                match crate::config::env::upstream_host(
-                    authority,
-                    if pass.https { 443 } else { 80 },
-                ) {
-                    Some((host, port)) => vec![Peer {
-                        addr: PeerAddr::Tcp { host, port },
-                        weight: 1,
-                        max_fails: 1,
-                        fail_timeout: 10,
-                        backup: false,
-                        down: false,
-                        max_conns: 0,
-                    }],
-                    None => Vec::new(),
-                }
+    let send_body = s.proxy_pass_request_body();
+    let http11 = s.proxy_http_version() == "1.1";
+    let mut reader = BodyReader::new(
+        ex.framing,
+        s.client_max_body_size(),
+        ms(s.client_body_timeout()),
+    );
+    // A chunked body cannot go to an HTTP/1.0 upstream as it comes: nginx reads it whole then.
+    let buffered =
+        s.proxy_request_buffering() || !send_body || (ex.framing == Framing::Chunked && !http11);
+    let mut body = if ex.framing == Framing::None {
+        ReqBody::None
+    } else if buffered {
+        let dir = plan.full_path(&s.client_body_temp_path());
+        let mut spool = Spool::new(s.client_body_buffer_size() as usize, &dir);
+        loop {
+            match reader.next(io, buf).await {
+                Ok(Some(piece)) if send_body => spool.write(&piece)?,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => return client_failed(io, ex, e).await,
             }
         }
-    };
-    let mut head = format!(
-        "{} {} {}\r\n",
-        request.method, request.target, request.version
-    )
-    .into_bytes();
-    for (n, v) in &request.headers {
-        // A chunked request body was read whole: nginx sends its length instead.
-        if n.eq_ignore_ascii_case("transfer-encoding")
-            && v == "chunked"
-            && ex.framing == http1::Framing::Chunked
-        {
-            head.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-            continue;
+        if send_body {
+            ReqBody::Spooled(spool)
+        } else {
+            ReqBody::None
         }
-        head.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
-    }
-    head.extend_from_slice(b"\r\n");
-    let send_body = s.proxy_pass_request_body();
+    } else {
+        ReqBody::Stream {
+            reader,
+            started: false,
+        }
+    };
+    let group = plan.upstreams.iter().find(|u| u.name == *upstream);
+    let keepalive = group.and_then(|g| g.keepalive.clone());
+    let peers: Vec<Peer> = match group {
+        Some(group) if url.is_none() || !group.implicit => shared.upstreams.order(group),
+        _ => direct_peer(upstream, pass.https).into_iter().collect(),
+    };
+    let head = request_head(request, ex.framing, &body);
     let next = s.proxy_next_upstream();
     let tries = match s.proxy_next_upstream_tries() {
         0 => usize::MAX,
         n => n as usize,
     };
     let idempotent = !matches!(ex.head.method.as_str(), "POST" | "LOCK" | "PATCH");
+    let head_only = request.method == "HEAD";
     let mut last = Failure::Error;
     let mut held: Option<Response> = None;
     let attempts: Vec<&Peer> = peers.iter().take(tries).collect();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let give_up = match s.proxy_next_upstream_timeout() {
+        0 => None,
+        t => Some(started + ms(t)),
+    };
     let mut tried: Vec<String> = Vec::new();
     for (n, peer) in attempts.iter().enumerate() {
-        let more = n + 1 < attempts.len();
+        let more = n + 1 < attempts.len() && give_up.is_none_or(|t| Instant::now() < t);
         tried.push(peer.addr.to_string());
-        match attempt(peer, &head, if send_body { &body } else { &[] }, s).await {
+        let target = Target {
+            group: upstream,
+            peer,
+            keepalive: keepalive.as_ref(),
+        };
+        match attempt(&target, &head, &mut body, io, buf, s, shared, head_only).await {
             Ok(mut response) => {
                 // proxy_next_upstream http_5xx/403/404/429: try the next server; 500, 502,
                 // 503, 504 and 429 also count as the server's failure.
                 let next_on = next.on_status(response.status);
                 let failure = next_on && matches!(response.status, 500 | 502 | 503 | 504 | 429);
                 shared.upstreams.report(upstream, peer, failure);
-                if next_on && more && (idempotent || next.non_idempotent) {
+                if next_on && more && (idempotent || next.non_idempotent) && body.replayable() {
                     held = Some(response);
                     continue;
                 }
@@ -144,20 +153,24 @@ where
                 }
                 rewrite_redirects(&mut response, redirects, &decision.base);
                 note_upstream(ex, &tried, Some(response.status), started);
-                if let Some(upstream_io) = response.upgraded.take() {
-                    return tunnel(io, buf, ex, response, upstream_io).await;
+                if response.status == 101 {
+                    return tunnel(io, buf, ex, response).await;
                 }
-                return deliver(io, ex, response).await;
+                return deliver(io, ex, response, plan, shared).await;
             }
+            Err(Failure::Client(status)) => {
+                note_upstream(ex, &tried, None, started);
+                return client_failed(io, ex, BodyError::Refused(status)).await;
+            }
+            Err(Failure::ClientGone(e)) => return Err(e),
             Err(f) => {
-                tracing::error!(peer = %peer.addr, "upstream attempt failed");
                 shared.upstreams.report(upstream, peer, true);
                 let retry = match f {
-                    Failure::Error => next.error,
                     Failure::Timeout => next.timeout,
+                    _ => next.error,
                 };
                 last = f;
-                if !retry || (!idempotent && !next.non_idempotent) {
+                if !retry || !more || (!idempotent && !next.non_idempotent) || !body.replayable() {
                     break;
                 }
             }
@@ -166,16 +179,363 @@ where
     if let Some(mut response) = held {
         rewrite_redirects(&mut response, redirects, &decision.base);
         note_upstream(ex, &tried, Some(response.status), started);
-        return deliver(io, ex, response).await;
+        return deliver(io, ex, response, plan, shared).await;
     }
     let status = match last {
-        Failure::Error => 502,
         Failure::Timeout => 504,
+        _ => 502,
     };
     error_response(io, status, ex.conf, ex.keepalive).await?;
     ex.record(status, 0, 0);
     note_upstream(ex, &tried, None, started);
     Ok(ex.keepalive)
+}
+
+impl ReqBody {
+    /// Whether the body can still be sent (again) to another upstream.
+    fn replayable(&self) -> bool {
+        !matches!(self, ReqBody::Stream { started: true, .. })
+    }
+}
+
+/// The client's body failed: 400 or 413 as nginx answers, 408 closes without a word.
+async fn client_failed<S>(io: &mut S, ex: &Exchange<'_>, e: BodyError) -> std::io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match e {
+        BodyError::Io(e) => Err(e),
+        BodyError::Refused(408) => {
+            ex.record(408, 0, 0);
+            Ok(false)
+        }
+        BodyError::Refused(status) => {
+            error_response(io, status, ex.conf, false).await?;
+            ex.record(status, 0, 0);
+            linger(io).await;
+            Ok(false)
+        }
+    }
+}
+
+/// A URL with variables naming no group: the host and port (or unix socket) it names.
+fn direct_peer(authority: &str, https: bool) -> Option<Peer> {
+    let addr = if let Some(path) = authority.strip_prefix("unix:") {
+        PeerAddr::Unix {
+            path: path.to_string(),
+        }
+    } else {
+        let (host, port) =
+            crate::config::env::upstream_host(authority, if https { 443 } else { 80 })?;
+        PeerAddr::Tcp { host, port }
+    };
+    Some(Peer {
+        addr,
+        weight: 1,
+        max_fails: 1,
+        fail_timeout: 10,
+        backup: false,
+        down: false,
+        max_conns: 0,
+    })
+}
+
+/// The request line and headers the upstream gets. A chunked body read whole goes with its
+/// length, as nginx sends it; streamed, it stays chunked.
+fn request_head(
+    request: &crate::plan::route::UpstreamRequest,
+    framing: Framing,
+    body: &ReqBody,
+) -> Vec<u8> {
+    let mut head = format!(
+        "{} {} {}\r\n",
+        request.method, request.target, request.version
+    )
+    .into_bytes();
+    for (n, v) in &request.headers {
+        if n.eq_ignore_ascii_case("transfer-encoding")
+            && v == "chunked"
+            && framing == Framing::Chunked
+        {
+            match body {
+                ReqBody::Spooled(spool) => head
+                    .extend_from_slice(format!("Content-Length: {}\r\n", spool.len()).as_bytes()),
+                ReqBody::None => head.extend_from_slice(b"Content-Length: 0\r\n"),
+                ReqBody::Stream { .. } => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            }
+            continue;
+        }
+        head.extend_from_slice(n.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(v.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Where an attempt goes.
+struct Target<'a> {
+    group: &'a str,
+    peer: &'a Peer,
+    keepalive: Option<&'a Keepalive>,
+}
+
+/// How the upstream delimits its response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes.
+    Close,
+}
+
+/// A response whose head has been read; the body is still on the connection.
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// Bytes read past the head.
+    leftover: Vec<u8>,
+    /// Taken when the body has been read.
+    conn: Option<Conn>,
+    framing: BodyFraming,
+    /// The upstream lets the connection be reused (HTTP/1.1, no `Connection: close`).
+    reusable: bool,
+    /// Where the connection goes back to, if its group keeps idle connections.
+    pool: Option<(String, String, Keepalive)>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn connect(peer: &Peer) -> std::io::Result<Box<dyn Stream>> {
+    match &peer.addr {
+        PeerAddr::Tcp { host, port } => {
+            let s = TcpStream::connect((host.as_str(), *port)).await?;
+            let _ = s.set_nodelay(true);
+            Ok(Box::new(s))
+        }
+        PeerAddr::Unix { path } => Ok(Box::new(UnixStream::connect(path).await?)),
+    }
+}
+
+/// One try at one upstream server: a pooled connection if one is idle (and, if it turns out
+/// to have been closed meanwhile, a fresh one), the request sent, the response head read.
+#[allow(clippy::too_many_arguments)]
+async fn attempt<S>(
+    target: &Target<'_>,
+    head: &[u8],
+    body: &mut ReqBody,
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    s: &Settings,
+    shared: &Shared,
+    head_only: bool,
+) -> Result<Response, Failure>
+where
+    S: AsyncRead + Unpin,
+{
+    let key = target.peer.addr.to_string();
+    let mut pooled = target
+        .keepalive
+        .and_then(|k| shared.pool.take(target.group, &key, ms(k.timeout)));
+    loop {
+        let reused = pooled.is_some();
+        let conn = match pooled.take() {
+            Some(c) => c,
+            None => match tokio::time::timeout(ms(s.proxy_connect_timeout()), connect(target.peer))
+                .await
+            {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(Err(e)) => {
+                    tracing::error!(peer = %key, error = %e, "connect() to upstream failed");
+                    return Err(Failure::Error);
+                }
+                Ok(Ok(io)) => Conn {
+                    io,
+                    requests: 0,
+                    opened: Instant::now(),
+                },
+            },
+        };
+        match exchange(conn, head, body, io, buf, s, head_only).await {
+            // A kept connection the upstream had closed: not the server's failure.
+            Err((Failure::Error, true)) if reused && body.replayable() => continue,
+            Err((f, _)) => return Err(f),
+            Ok(mut r) => {
+                r.pool = target
+                    .keepalive
+                    .map(|k| (target.group.to_string(), key.clone(), k.clone()));
+                return Ok(r);
+            }
+        }
+    }
+}
+
+/// Sends the request on `conn` and reads the response head. On failure, also says whether
+/// nothing at all came back (a stale kept connection looks like that).
+async fn exchange<S>(
+    mut conn: Conn,
+    head: &[u8],
+    body: &mut ReqBody,
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    s: &Settings,
+    head_only: bool,
+) -> Result<Response, (Failure, bool)>
+where
+    S: AsyncRead + Unpin,
+{
+    let send_timeout = ms(s.proxy_send_timeout());
+    let up = &mut conn.io;
+    let sent = async {
+        up.write_all(head).await?;
+        match body {
+            ReqBody::None => {}
+            ReqBody::Spooled(spool) => {
+                let mut pos = 0;
+                while pos < spool.len() {
+                    let piece = spool.piece(pos)?;
+                    if piece.is_empty() {
+                        break;
+                    }
+                    up.write_all(&piece).await?;
+                    pos += piece.len() as u64;
+                }
+            }
+            ReqBody::Stream { .. } => {}
+        }
+        up.flush().await
+    };
+    match tokio::time::timeout(send_timeout, sent).await {
+        Err(_) => return Err((Failure::Timeout, false)),
+        Ok(Err(_)) => return Err((Failure::Error, true)),
+        Ok(Ok(())) => {}
+    }
+    if let ReqBody::Stream { reader, started } = body {
+        *started = true;
+        let chunked = reader.is_chunked();
+        loop {
+            let piece = match reader.next(io, buf).await {
+                Ok(p) => p,
+                Err(BodyError::Refused(status)) => return Err((Failure::Client(status), false)),
+                Err(BodyError::Io(e)) => return Err((Failure::ClientGone(e), false)),
+            };
+            let out = match (&piece, chunked) {
+                (Some(p), true) => {
+                    let mut framed = format!("{:x}\r\n", p.len()).into_bytes();
+                    framed.extend_from_slice(p);
+                    framed.extend_from_slice(b"\r\n");
+                    framed
+                }
+                (Some(p), false) => p.clone(),
+                (None, true) => b"0\r\n\r\n".to_vec(),
+                (None, false) => Vec::new(),
+            };
+            let wrote = async {
+                up.write_all(&out).await?;
+                up.flush().await
+            };
+            match tokio::time::timeout(send_timeout, wrote).await {
+                Err(_) => return Err((Failure::Timeout, false)),
+                Ok(Err(_)) => return Err((Failure::Error, false)),
+                Ok(Ok(())) => {}
+            }
+            if piece.is_none() {
+                break;
+            }
+        }
+    }
+    conn.requests += 1;
+    let read_timeout = ms(s.proxy_read_timeout());
+    let limit = (s.proxy_buffer_size() as usize).max(1024);
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; limit.max(16384)];
+    let (status, version, headers, consumed) = loop {
+        let n = match tokio::time::timeout(read_timeout, conn.io.read(&mut chunk)).await {
+            Err(_) => return Err((Failure::Timeout, false)),
+            Ok(Err(_)) => return Err((Failure::Error, got.is_empty())),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            tracing::error!("upstream prematurely closed connection while reading response header");
+            return Err((Failure::Error, got.is_empty()));
+        }
+        got.extend_from_slice(&chunk[..n]);
+        let mut storage = [httparse::EMPTY_HEADER; 100];
+        let mut resp = httparse::Response::new(&mut storage);
+        match resp.parse(&got) {
+            Ok(httparse::Status::Complete(len)) => {
+                let headers = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).trim().to_string(),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                break (
+                    resp.code.unwrap_or(502),
+                    resp.version.unwrap_or(0),
+                    headers,
+                    len,
+                );
+            }
+            Ok(httparse::Status::Partial) if got.len() < limit => continue,
+            Ok(httparse::Status::Partial) => {
+                tracing::error!("upstream sent too big header");
+                return Err((Failure::Error, false));
+            }
+            Err(_) => {
+                tracing::error!("upstream sent invalid header");
+                return Err((Failure::Error, false));
+            }
+        }
+    };
+    let leftover = got.split_off(consumed);
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
+    let framing = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+        BodyFraming::Empty
+    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        BodyFraming::Chunked
+    } else if let Some(len) = find("content-length") {
+        match len.parse::<u64>() {
+            Ok(n) => BodyFraming::Length(n),
+            Err(_) => {
+                tracing::error!("upstream sent invalid \"Content-Length\" header");
+                return Err((Failure::Error, false));
+            }
+        }
+    } else {
+        BodyFraming::Close
+    };
+    let reusable = version == 1
+        && status != 101
+        && framing != BodyFraming::Close
+        && !find("connection").is_some_and(|v| v.contains("close"));
+    Ok(Response {
+        status,
+        headers,
+        leftover,
+        conn: Some(conn),
+        framing,
+        reusable,
+        pool: None,
+    })
 }
 
 /// A `101 Switching Protocols` (WebSocket): the answer goes to the client, then bytes flow
@@ -185,7 +545,6 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut Vec<u8>,
     ex: &Exchange<'_>,
     r: Response,
-    mut up: Box<dyn Stream>,
 ) -> std::io::Result<bool> {
     let s = &ex.conf.settings;
     let mut headers = vec![
@@ -216,14 +575,340 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
     let out = head.to_bytes();
     ex.record(101, out.len(), 0);
     io.write_all(&out).await?;
-    io.write_all(&r.body).await?;
+    io.write_all(&r.leftover).await?;
     io.flush().await?;
+    let Some(Conn { io: mut up, .. }) = r.conn else {
+        return Ok(false);
+    };
     if !buf.is_empty() {
         up.write_all(buf).await?;
         buf.clear();
     }
     let _ = tokio::io::copy_bidirectional(io, &mut up).await;
     Ok(false)
+}
+
+/// How the body goes to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until Portico closes the connection (an HTTP/1.0 client and no length).
+    Close,
+}
+
+/// Sends the response head, then the body through a [`Pipe`].
+async fn deliver<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    ex: &Exchange<'_>,
+    mut r: Response,
+    plan: &Arc<Plan>,
+    shared: &Shared,
+) -> std::io::Result<bool> {
+    let s = &ex.conf.settings;
+    let hide = s.proxy_hide_header();
+    let pass = s.proxy_pass_header();
+    let bodyless = r.status == 204 || r.status == 304 || (100..200).contains(&r.status);
+    let client_head = ex.head.method == "HEAD";
+    let framing = if bodyless {
+        ClientFraming::None
+    } else if let BodyFraming::Length(n) = r.framing {
+        ClientFraming::Length(n)
+    } else if client_head || r.framing == BodyFraming::Empty {
+        // A HEAD answered by a HEAD: the length the upstream announced, if any.
+        match r.header("content-length").and_then(|v| v.parse().ok()) {
+            Some(n) => ClientFraming::Length(n),
+            None => ClientFraming::None,
+        }
+    } else if ex.head.version >= (1, 1) && s.chunked_transfer_encoding() {
+        ClientFraming::Chunked
+    } else {
+        ClientFraming::Close
+    };
+    let keepalive = ex.keepalive && framing != ClientFraming::Close;
+    // With proxy_pass_header Server or Date, the upstream's (if any) replace nginx's own.
+    let mut headers = Vec::new();
+    if !pass.iter().any(|h| h == "server") {
+        headers.push((
+            "Server".to_string(),
+            server_header(s.server_tokens()).to_string(),
+        ));
+    }
+    if !pass.iter().any(|h| h == "date") {
+        headers.push((
+            "Date".to_string(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        ));
+    }
+    // Content-Type keeps its place first among the upstream's headers, as in nginx.
+    if let Some(ct) = r
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
+        headers.push(ct.clone());
+    }
+    match framing {
+        ClientFraming::Length(n) => headers.push(("Content-Length".to_string(), n.to_string())),
+        ClientFraming::Chunked => {
+            headers.push(("Transfer-Encoding".to_string(), "chunked".to_string()))
+        }
+        _ => {}
+    }
+    headers.push((
+        "Connection".to_string(),
+        if keepalive { "keep-alive" } else { "close" }.to_string(),
+    ));
+    if keepalive {
+        headers.extend(keepalive_header(ex));
+    }
+    for (n, v) in &r.headers {
+        let lower = n.to_ascii_lowercase();
+        if lower == "content-type" {
+            continue;
+        }
+        let hidden = (HIDDEN.contains(&lower.as_str())
+            && !(pass.contains(&lower)
+                && matches!(
+                    lower.as_str(),
+                    "date"
+                        | "server"
+                        | "x-pad"
+                        | "x-accel-expires"
+                        | "x-accel-redirect"
+                        | "x-accel-limit-rate"
+                        | "x-accel-buffering"
+                        | "x-accel-charset"
+                )))
+            || hide.contains(&lower);
+        if !hidden {
+            headers.push((n.clone(), v.clone()));
+        }
+    }
+    headers.extend(add_headers(ex, r.status));
+    let head = http1::ResponseHead {
+        version: ex.head.version,
+        status: r.status,
+        headers,
+    };
+    let out = head.to_bytes();
+    let head_len = out.len();
+    ex.record(r.status, head_len, 0);
+    io.write_all(&out).await?;
+    // X-Accel-Buffering from the upstream turns buffering on or off for this response.
+    let ignored = s.proxy_ignore_headers();
+    let buffering = match r.header("x-accel-buffering") {
+        Some(v)
+            if !ignored
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("x-accel-buffering")) =>
+        {
+            v.eq_ignore_ascii_case("yes")
+        }
+        _ => s.proxy_buffering(),
+    };
+    let send = if client_head || bodyless {
+        None
+    } else {
+        Some(framing == ClientFraming::Chunked)
+    };
+    let (sent, whole) = pump(io, &mut r, send, buffering, s, plan, shared).await?;
+    ex.record(r.status, head_len + sent as usize, sent as usize);
+    io.flush().await?;
+    Ok(keepalive && whole)
+}
+
+/// Moves the body from the upstream to the client: `send` is `None` when the client gets no
+/// body (HEAD), else whether it gets it chunked. Returns the bytes sent and whether the body
+/// came whole (a truncated one ends the client connection, as in nginx).
+async fn pump<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    r: &mut Response,
+    send: Option<bool>,
+    buffering: bool,
+    s: &Settings,
+    plan: &Plan,
+    shared: &Shared,
+) -> std::io::Result<(u64, bool)> {
+    let (mem, max_file) = if buffering {
+        let (n, size) = s.proxy_buffers();
+        ((n * size) as usize, s.proxy_max_temp_file_size())
+    } else {
+        (s.proxy_buffer_size() as usize, 0)
+    };
+    let mut pipe = Pipe::new(mem, &plan.full_path(&s.proxy_temp_path()), max_file);
+    let chunked_out = send == Some(true);
+    let mut body = Body::new(r.framing);
+    let mut up: Option<Conn> = r.conn.take();
+    let mut whole = true;
+    let first = std::mem::take(&mut r.leftover);
+    let feed = |data: &[u8], pipe: &mut Pipe, body: &mut Body| -> Result<(), ()> {
+        let mut out = Vec::new();
+        body.feed(data, &mut out)?;
+        if send.is_some() && !out.is_empty() {
+            if chunked_out {
+                let mut framed = format!("{:x}\r\n", out.len()).into_bytes();
+                framed.extend_from_slice(&out);
+                framed.extend_from_slice(b"\r\n");
+                out = framed;
+            }
+            pipe.push(out).map_err(|_| ())?;
+        }
+        Ok(())
+    };
+    if feed(&first, &mut pipe, &mut body).is_err() {
+        whole = false;
+        up = None;
+    }
+    let read_timeout = ms(s.proxy_read_timeout());
+    let send_timeout = ms(s.send_timeout());
+    let mut rbuf = vec![0u8; 32768];
+    let mut sent = 0u64;
+    loop {
+        if whole && body.done() && up.is_some() {
+            // Released before the client has it all: back to the pool, or closed.
+            if chunked_out {
+                pipe.push(b"0\r\n\r\n".to_vec())?;
+            }
+            if let Some(conn) = up.take() {
+                release(conn, r, &body, shared);
+            }
+        }
+        if up.is_none() && pipe.is_empty() {
+            break;
+        }
+        pipe.load()?;
+        let front = pipe.front();
+        let reading = up.is_some() && pipe.has_room();
+        tokio::select! {
+            read = tokio::time::timeout(read_timeout, read_from(&mut up, &mut rbuf)), if reading => {
+                match read {
+                    Ok(Ok(0)) if body.framing == BodyFraming::Close => body.close(),
+                    Ok(Ok(0)) => {
+                        tracing::error!("upstream prematurely closed connection while reading upstream");
+                        whole = false;
+                        up = None;
+                    }
+                    Ok(Ok(n)) => {
+                        if feed(&rbuf[..n], &mut pipe, &mut body).is_err() {
+                            tracing::error!("upstream sent invalid chunked response");
+                            whole = false;
+                            up = None;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "recv() failed while reading upstream");
+                        whole = false;
+                        up = None;
+                    }
+                    Err(_) => {
+                        tracing::error!("upstream timed out while reading upstream");
+                        whole = false;
+                        up = None;
+                    }
+                }
+            }
+            wrote = tokio::time::timeout(send_timeout, io.write(front)), if !front.is_empty() => {
+                match wrote {
+                    Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(Ok(n)) => {
+                        pipe.consume(n);
+                        sent += n as u64;
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+                }
+            }
+        }
+    }
+    Ok((sent, whole))
+}
+
+/// A connection whose response has been read whole goes back to its group's pool if the
+/// upstream allows it and it is within `keepalive_requests` and `keepalive_time`.
+fn release(conn: Conn, r: &mut Response, body: &Body, shared: &Shared) {
+    if !(body.exact() && r.reusable) {
+        return;
+    }
+    if let Some((group, peer, k)) = r.pool.take()
+        && conn.requests < k.requests
+        && conn.opened.elapsed() < ms(k.time)
+    {
+        shared.pool.put(&group, &peer, conn, k.connections as usize);
+    }
+}
+
+/// Reads from the upstream if it is still there; never completes otherwise.
+async fn read_from(up: &mut Option<Conn>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match up {
+        Some(c) => c.io.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The upstream's body framing taken apart as bytes come.
+struct Body {
+    framing: BodyFraming,
+    left: u64,
+    decoder: Decoder,
+    done: bool,
+    /// More bytes came than the framing allows: the connection is not reused.
+    extra: bool,
+}
+
+impl Body {
+    fn new(framing: BodyFraming) -> Body {
+        Body {
+            framing,
+            left: match framing {
+                BodyFraming::Length(n) => n,
+                _ => 0,
+            },
+            decoder: Decoder::default(),
+            done: matches!(framing, BodyFraming::Empty | BodyFraming::Length(0)),
+            extra: false,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn exact(&self) -> bool {
+        self.done && !self.extra
+    }
+
+    fn close(&mut self) {
+        self.done = true;
+    }
+
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), ()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.done {
+            self.extra = true;
+            return Ok(());
+        }
+        match self.framing {
+            BodyFraming::Empty => self.extra = true,
+            BodyFraming::Close => out.extend_from_slice(data),
+            BodyFraming::Length(_) => {
+                let n = (self.left.min(data.len() as u64)) as usize;
+                out.extend_from_slice(&data[..n]);
+                self.left -= n as u64;
+                self.extra |= n < data.len();
+                self.done = self.left == 0;
+            }
+            BodyFraming::Chunked => {
+                let used = self.decoder.feed(data, out).map_err(|_| ())?;
+                self.extra |= used < data.len();
+                self.done = self.decoder.done();
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `$upstream_addr`, `$upstream_status`, `$upstream_response_time` for the access log.
@@ -265,197 +950,6 @@ fn rewrite_redirects(r: &mut Response, rules: &[crate::plan::route::Redirect], b
     }
 }
 
-/// A response read whole off the upstream.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// After a `101 Switching Protocols`: the upstream connection, to tunnel.
-    upgraded: Option<Box<dyn Stream>>,
-}
-
-impl std::fmt::Debug for Response {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Response({})", self.status)
-    }
-}
-
-async fn connect(peer: &Peer) -> std::io::Result<Box<dyn Stream>> {
-    match &peer.addr {
-        PeerAddr::Tcp { host, port } => {
-            let s = TcpStream::connect((host.as_str(), *port)).await?;
-            let _ = s.set_nodelay(true);
-            Ok(Box::new(s))
-        }
-        PeerAddr::Unix { path } => Ok(Box::new(UnixStream::connect(path).await?)),
-    }
-}
-
-async fn attempt(
-    peer: &Peer,
-    head: &[u8],
-    body: &[u8],
-    s: &crate::plan::Settings,
-) -> Result<Response, Failure> {
-    let ms = |v: u64| Duration::from_millis(v.max(1));
-    let mut up = match tokio::time::timeout(ms(s.proxy_connect_timeout()), connect(peer)).await {
-        Err(_) => return Err(Failure::Timeout),
-        Ok(Err(_)) => return Err(Failure::Error),
-        Ok(Ok(c)) => c,
-    };
-    let send = async {
-        up.write_all(head).await?;
-        up.write_all(body).await?;
-        up.flush().await
-    };
-    match tokio::time::timeout(ms(s.proxy_send_timeout()), send).await {
-        Err(_) => return Err(Failure::Timeout),
-        Ok(Err(_)) => return Err(Failure::Error),
-        Ok(Ok(())) => {}
-    }
-    let read_timeout = ms(s.proxy_read_timeout());
-    let mut buf = Vec::new();
-    let (status, headers, consumed) = loop {
-        let mut chunk = [0u8; 16384];
-        let n = match tokio::time::timeout(read_timeout, up.read(&mut chunk)).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Err(_)) => return Err(Failure::Error),
-            Ok(Ok(n)) => n,
-        };
-        if n == 0 {
-            return Err(Failure::Error);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut storage = [httparse::EMPTY_HEADER; 100];
-        let mut resp = httparse::Response::new(&mut storage);
-        match resp.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let headers = resp
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).trim().to_string(),
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                break (resp.code.unwrap_or(502), headers, len);
-            }
-            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => continue,
-            _ => return Err(Failure::Error),
-        }
-    };
-    let mut body = buf.split_off(consumed);
-    if status == 101 {
-        return Ok(Response {
-            status,
-            headers,
-            body,
-            upgraded: Some(up),
-        });
-    }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let chunked =
-        header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    let length = header("content-length").and_then(|v| v.parse::<usize>().ok());
-    let no_body = status == 204 || status == 304 || (100..200).contains(&status);
-    if no_body {
-        body.clear();
-    } else if chunked {
-        let mut raw = body;
-        let mut decoded = Vec::new();
-        loop {
-            match decode_chunks(&raw, &mut decoded) {
-                Some(true) => break,
-                Some(false) => {}
-                None => return Err(Failure::Error),
-            }
-            match read_more(&mut up, &mut raw, read_timeout).await {
-                Err(_) => return Err(Failure::Timeout),
-                Ok(Err(_)) | Ok(Ok(0)) => return Err(Failure::Error),
-                Ok(Ok(_)) => {}
-            }
-            decoded.clear();
-        }
-        body = decoded;
-    } else if let Some(len) = length {
-        while body.len() < len {
-            match read_more(&mut up, &mut body, read_timeout).await {
-                Err(_) => return Err(Failure::Timeout),
-                Ok(Err(_)) | Ok(Ok(0)) => return Err(Failure::Error),
-                Ok(Ok(_)) => {}
-            }
-        }
-        body.truncate(len);
-    } else {
-        loop {
-            match read_more(&mut up, &mut body, read_timeout).await {
-                Err(_) => return Err(Failure::Timeout),
-                Ok(Err(_)) => return Err(Failure::Error),
-                Ok(Ok(0)) => break,
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-    Ok(Response {
-        status,
-        headers,
-        body,
-        upgraded: None,
-    })
-}
-
-/// Reads more of the upstream's response, within `proxy_read_timeout`.
-async fn read_more(
-    up: &mut Box<dyn Stream>,
-    body: &mut Vec<u8>,
-    limit: Duration,
-) -> Result<std::io::Result<usize>, tokio::time::error::Elapsed> {
-    tokio::time::timeout(limit, async {
-        let mut chunk = vec![0u8; 65536];
-        let n = up.read(&mut chunk).await?;
-        body.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    })
-    .await
-}
-
-/// Decodes a complete chunked body from `raw` into `out`: `Some(true)` when the last chunk
-/// was seen, `Some(false)` when more bytes are needed, `None` when it is malformed.
-fn decode_chunks(raw: &[u8], out: &mut Vec<u8>) -> Option<bool> {
-    let mut pos = 0;
-    loop {
-        let Some(nl) = raw[pos..].iter().position(|&b| b == b'\n') else {
-            return Some(false);
-        };
-        let line = std::str::from_utf8(&raw[pos..pos + nl]).ok()?.trim();
-        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
-        pos += nl + 1;
-        if size == 0 {
-            return Some(true);
-        }
-        if raw.len() < pos + size + 1 {
-            return Some(false);
-        }
-        out.extend_from_slice(&raw[pos..pos + size]);
-        pos += size;
-        if raw.get(pos) == Some(&b'\r') {
-            pos += 1;
-        }
-        match raw.get(pos) {
-            Some(b'\n') => pos += 1,
-            None => return Some(false),
-            _ => return None,
-        }
-    }
-}
-
 /// Headers nginx never passes from an upstream's response (its own, hop-by-hop, X-Accel-*).
 const HIDDEN: [&str; 13] = [
     "date",
@@ -472,86 +966,3 @@ const HIDDEN: [&str; 13] = [
     "content-length",
     "upgrade",
 ];
-
-async fn deliver<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    ex: &Exchange<'_>,
-    r: Response,
-) -> std::io::Result<bool> {
-    let s = &ex.conf.settings;
-    let hide = s.proxy_hide_header();
-    let pass = s.proxy_pass_header();
-    // With proxy_pass_header Server or Date, the upstream's (if any) replace nginx's own.
-    let mut headers = Vec::new();
-    if !pass.iter().any(|h| h == "server") {
-        headers.push((
-            "Server".to_string(),
-            server_header(s.server_tokens()).to_string(),
-        ));
-    }
-    if !pass.iter().any(|h| h == "date") {
-        headers.push((
-            "Date".to_string(),
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
-        ));
-    }
-    let bodyless = r.status == 204 || r.status == 304 || (100..200).contains(&r.status);
-    // Content-Type keeps its place first among the upstream's headers, as in nginx.
-    if let Some(ct) = r
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-    {
-        headers.push(ct.clone());
-    }
-    if !bodyless {
-        headers.push(("Content-Length".to_string(), r.body.len().to_string()));
-    }
-    headers.push(connection_header(ex));
-    headers.extend(keepalive_header(ex));
-    for (n, v) in &r.headers {
-        let lower = n.to_ascii_lowercase();
-        if lower == "content-type" {
-            continue;
-        }
-        let hidden = (HIDDEN.contains(&lower.as_str())
-            && !(pass.contains(&lower)
-                && matches!(
-                    lower.as_str(),
-                    "date"
-                        | "server"
-                        | "x-pad"
-                        | "x-accel-expires"
-                        | "x-accel-redirect"
-                        | "x-accel-limit-rate"
-                        | "x-accel-buffering"
-                        | "x-accel-charset"
-                )))
-            || hide.contains(&lower);
-        if !hidden {
-            headers.push((n.clone(), v.clone()));
-        }
-    }
-    headers.extend(add_headers(ex, r.status));
-    let head = http1::ResponseHead {
-        version: ex.head.version,
-        status: r.status,
-        headers,
-    };
-    let mut out = head.to_bytes();
-    if ex.head.method != "HEAD" && !bodyless {
-        out.extend_from_slice(&r.body);
-    }
-    ex.record(
-        r.status,
-        out.len(),
-        if ex.head.method != "HEAD" && !bodyless {
-            r.body.len()
-        } else {
-            0
-        },
-    );
-    io.write_all(&out).await?;
-    io.flush().await?;
-    Ok(ex.keepalive)
-}

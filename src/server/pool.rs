@@ -1,0 +1,99 @@
+//! Idle upstream connections kept for reuse (`keepalive` in an `upstream` block). The pool lives
+//! in [`super::Shared`], outside the plan: a reload keeps the connections of unchanged peers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// An upstream connection, TCP or unix.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A connection with what its reuse is bounded by.
+pub struct Conn {
+    pub io: Box<dyn Stream>,
+    /// Requests already sent over it (`keepalive_requests`).
+    pub requests: u64,
+    /// When it was opened (`keepalive_time`).
+    pub opened: Instant,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// Idle connections per upstream group, most recently used last.
+#[derive(Default)]
+pub struct Pool {
+    groups: Mutex<HashMap<String, VecDeque<(String, Idle)>>>,
+}
+
+impl Pool {
+    /// An idle connection to `peer` of `group` that has been idle less than `timeout`.
+    pub fn take(&self, group: &str, peer: &str, timeout: Duration) -> Option<Conn> {
+        let mut groups = self.groups.lock().ok()?;
+        let idle = groups.get_mut(group)?;
+        let now = Instant::now();
+        idle.retain(|(_, i)| now.duration_since(i.since) < timeout);
+        let at = idle.iter().rposition(|(p, _)| p == peer)?;
+        idle.remove(at).map(|(_, i)| i.conn)
+    }
+
+    /// Keeps `conn` for reuse, dropping the least recently used past `max` idle connections.
+    pub fn put(&self, group: &str, peer: &str, conn: Conn, max: usize) {
+        let Ok(mut groups) = self.groups.lock() else {
+            return;
+        };
+        let idle = groups.entry(group.to_string()).or_default();
+        idle.push_back((
+            peer.to_string(),
+            Idle {
+                conn,
+                since: Instant::now(),
+            },
+        ));
+        while idle.len() > max {
+            idle.pop_front();
+        }
+    }
+
+    /// How many idle connections `group` holds.
+    #[cfg(test)]
+    fn idle(&self, group: &str) -> usize {
+        self.groups
+            .lock()
+            .map(|g| g.get(group).map_or(0, |v| v.len()))
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Conn {
+        let (a, _b) = tokio::io::duplex(16);
+        Conn {
+            io: Box::new(a),
+            requests: 1,
+            opened: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn keeps_at_most_max_and_by_peer() {
+        let pool = Pool::default();
+        for _ in 0..3 {
+            pool.put("app", "a:1", conn(), 2);
+        }
+        assert_eq!(pool.idle("app"), 2);
+        assert!(pool.take("app", "b:1", Duration::from_secs(60)).is_none());
+        assert!(pool.take("app", "a:1", Duration::from_secs(60)).is_some());
+        assert_eq!(pool.idle("app"), 1);
+        assert!(pool.take("app", "a:1", Duration::ZERO).is_none());
+        assert_eq!(pool.idle("app"), 0);
+    }
+}
