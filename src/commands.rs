@@ -18,7 +18,8 @@ pub fn version(configure: bool) -> ExitCode {
     );
     if configure {
         out.push_str("built by rustc, Portico's configuration compiler and runtime\n");
-        out.push_str("configure arguments:");
+        out.push_str("built with rustls (TLSv1.2, TLSv1.3)\nTLS SNI support enabled\n");
+        out.push_str("configure arguments: --with-http_ssl_module");
         for m in absent_modules() {
             out.push_str(&format!(" --without-{m}_module"));
         }
@@ -58,7 +59,27 @@ fn compile(paths: &Paths, globals: Option<String>) -> Compiled {
         mode: None,
     };
     let mut compiled = config::compile_in(&RealFs, Some(&config::env::RealEnvironment), &options);
-    crate::plan::build(&mut compiled, &crate::inspect::lower_options(paths));
+    let plan = crate::plan::build(&mut compiled, &crate::inspect::lower_options(paths));
+    // nginx loads certificates as it merges each server: after the checks of reading, before
+    // those it makes once everything is read.
+    let at = compiled
+        .diagnostics
+        .iter()
+        .position(|d| {
+            matches!(
+                d.code,
+                "ssl-no-certificate" | "unknown-variable" | "bind" | "no-events"
+            )
+        })
+        .unwrap_or(compiled.diagnostics.len());
+    let certificates = crate::server::tls::check(&plan).into_iter().map(|m| {
+        if crate::server::tls::is_mismatch(&m) {
+            config::Diagnostic::warning("ssl-key-mismatch", m).unlocated()
+        } else {
+            config::Diagnostic::error("ssl-certificate", m).unlocated()
+        }
+    });
+    compiled.diagnostics.splice(at..at, certificates);
     compiled
 }
 

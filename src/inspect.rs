@@ -31,6 +31,7 @@ pub fn lower_options(paths: &Paths) -> LowerOptions {
     LowerOptions {
         default_port: if root { 80 } else { 8000 },
         prefix: paths.prefix.to_string_lossy().into_owned(),
+        conf_prefix: paths.conf_prefix.to_string_lossy().into_owned(),
     }
 }
 

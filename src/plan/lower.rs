@@ -11,7 +11,7 @@ use super::names::{NameTable, ServerName};
 use super::regex::Regex;
 use super::settings::{
     AccessLog, AccessRule, AddHeader, ErrorPage, NextUpstream, ProxyRedirect, Root, ServerTokens,
-    Settings,
+    SessionCache, Settings,
 };
 use super::template::Template;
 use super::*;
@@ -28,6 +28,8 @@ pub struct LowerOptions {
     pub default_port: u16,
     /// nginx's prefix: relative `root` and `alias` paths start here.
     pub prefix: String,
+    /// The main file's directory: relative certificate paths start here, as in nginx.
+    pub conf_prefix: String,
 }
 
 impl Default for LowerOptions {
@@ -35,6 +37,7 @@ impl Default for LowerOptions {
         LowerOptions {
             default_port: 80,
             prefix: crate::cli::DEFAULT_PREFIX.to_string(),
+            conf_prefix: format!("{}conf", crate::cli::DEFAULT_PREFIX),
         }
     }
 }
@@ -161,6 +164,7 @@ impl<'a> Lowerer<'a> {
             file: file.name(),
             line: file.line_of(d.end),
             span: d.name.span,
+            line_span: d.end_span(),
         }
     }
 
@@ -506,6 +510,7 @@ impl<'a> Lowerer<'a> {
         let mut conf = LocConf::default();
         self.own_settings(items, &mut conf.settings, Level::Server);
         conf.settings.inherit(&http.settings);
+        self.tls_keys(&conf.settings);
         let mut names: Vec<String> = Vec::new();
         let mut parsed: Vec<(ServerName, &'a Directive)> = Vec::new();
         let mut listens = Vec::new();
@@ -902,6 +907,44 @@ impl<'a> Lowerer<'a> {
                 s.proxy_ignore_headers = Some(a.iter().map(|v| v.to_string()).collect())
             }
             "client_body_temp_path" => s.client_body_temp_path = Some(first.to_string()),
+            "ssl_certificate" | "ssl_certificate_key" => {
+                if first.contains('$') || first.starts_with("data:") {
+                    let m = format!(
+                        "\"{}\" with variables or \"data:\" is not supported yet",
+                        d.name()
+                    );
+                    return self.error(d, "unsupported", m);
+                }
+                let path = if first.starts_with('/') {
+                    first.to_string()
+                } else {
+                    let dir = std::path::Path::new(&self.options.conf_prefix);
+                    dir.join(first).to_string_lossy().into_owned()
+                };
+                let list = if d.name() == "ssl_certificate" {
+                    &mut s.ssl_certificate
+                } else {
+                    &mut s.ssl_certificate_key
+                };
+                list.get_or_insert_with(Vec::new).push(path);
+            }
+            "ssl_protocols" => s.ssl_protocols = Some(a.iter().map(|v| v.to_string()).collect()),
+            "ssl_ciphers" => s.ssl_ciphers = Some(first.to_string()),
+            "ssl_prefer_server_ciphers" => s.ssl_prefer_server_ciphers = Some(flag(first)),
+            "ssl_session_timeout" => s.ssl_session_timeout = Some(msec(first)),
+            "ssl_session_tickets" => s.ssl_session_tickets = Some(flag(first)),
+            "ssl_ecdh_curve" => s.ssl_ecdh_curve = Some(first.to_string()),
+            "ssl_reject_handshake" => s.ssl_reject_handshake = Some(flag(first)),
+            "ssl_session_cache" => match session_cache(&a) {
+                Ok(c) => s.ssl_session_cache = Some(c),
+                Err(bad) => {
+                    return self.error(
+                        d,
+                        "invalid-value",
+                        format!("invalid session cache \"{bad}\""),
+                    );
+                }
+            },
             "proxy_temp_path" => s.proxy_temp_path = Some(first.to_string()),
             _ => {}
         }
@@ -1259,6 +1302,7 @@ impl<'a> Lowerer<'a> {
                             file: String::new(),
                             line: 0,
                             span: d.name.span,
+                            line_span: d.name.span,
                         },
                     })
                 });
@@ -1488,6 +1532,43 @@ impl<'a> Lowerer<'a> {
 
     // ---- sockets -----------------------------------------------------------------------
 
+    /// A `listen ... ssl` socket needs a certificate in its default server and, unless that
+    /// server rejects handshakes, in no other (nginx's check after reading the configuration).
+    fn tls_socket(&mut self, default: usize, servers: &[usize]) {
+        let has = |i: usize| {
+            let s = &self.plan.servers[i].conf.settings;
+            (!s.ssl_certificate().is_empty(), s.ssl_reject_handshake())
+        };
+        let missing = match has(default) {
+            (true, _) => None,
+            (false, false) => Some(default),
+            (false, true) => servers.iter().copied().find(|&i| has(i) == (false, false)),
+        };
+        if let Some(i) = missing {
+            let place = &self.plan.servers[i].place;
+            let m = "no \"ssl_certificate\" is defined for the \"listen ... ssl\" directive";
+            self.out.push(
+                Diagnostic::error("ssl-no-certificate", m)
+                    .at(place.span)
+                    .line_at(place.line_span),
+            );
+        }
+    }
+
+    /// Each certificate needs its key (nginx checks when it merges a server's settings).
+    fn tls_keys(&mut self, s: &Settings) {
+        let certs = s.ssl_certificate();
+        let keys = s.ssl_certificate_key();
+        let said = self.out.iter().any(|d| d.code == "ssl-no-key");
+        if let Some(cert) = certs.get(keys.len())
+            && !said
+        {
+            let m = format!("no \"ssl_certificate_key\" is defined for certificate \"{cert}\"");
+            self.out
+                .push(Diagnostic::error("ssl-no-key", m).unlocated());
+        }
+    }
+
     fn finish(&mut self) {
         let sockets = std::mem::take(&mut self.sockets);
         for s in sockets {
@@ -1517,6 +1598,9 @@ impl<'a> Lowerer<'a> {
                 }
             }
             let default = s.default.unwrap_or(s.servers[0]);
+            if s.opts.ssl {
+                self.tls_socket(default, &s.servers);
+            }
             self.plan.sockets.push(Socket {
                 addr: s.addr,
                 opts: s.opts,
@@ -1531,6 +1615,37 @@ impl<'a> Lowerer<'a> {
             }
         }
     }
+}
+
+/// `ssl_session_cache off | none | [builtin[:size]] [shared:name:size]`: the sessions the
+/// caches hold together (nginx: about 4000 a megabyte). `Err` names the bad argument.
+fn session_cache(args: &[&str]) -> Result<SessionCache, String> {
+    let mut sessions = None;
+    for &arg in args {
+        match arg {
+            "off" if args.len() == 1 => return Ok(SessionCache::Off),
+            "none" if args.len() == 1 => return Ok(SessionCache::None),
+            "builtin" => *sessions.get_or_insert(0) += 20480,
+            _ => {
+                if let Some(n) = arg.strip_prefix("builtin:") {
+                    let n: usize = n.parse().map_err(|_| arg.to_string())?;
+                    *sessions.get_or_insert(0) += n;
+                } else if let Some(rest) = arg.strip_prefix("shared:") {
+                    let (name, size) = rest.rsplit_once(':').ok_or_else(|| arg.to_string())?;
+                    let bytes = parse_size(size, false).ok_or_else(|| arg.to_string())?;
+                    if name.is_empty() || bytes < 8 * 4096 {
+                        return Err(arg.to_string());
+                    }
+                    *sessions.get_or_insert(0) += (bytes / 256) as usize;
+                } else {
+                    return Err(arg.to_string());
+                }
+            }
+        }
+    }
+    sessions
+        .map(SessionCache::Sessions)
+        .ok_or_else(|| args.first().unwrap_or(&"").to_string())
 }
 
 /// `host:port/uri` → (`host:port`, Some(`/uri`)); `unix:/path:/uri` → (`unix:/path`, Some(`/uri`)).

@@ -38,6 +38,9 @@ pub struct Place {
     pub line: usize,
     #[serde(skip)]
     pub span: Span,
+    /// A span on the line nginx names (a block's `{`).
+    #[serde(skip)]
+    pub line_span: Span,
 }
 
 /// The compiled configuration.

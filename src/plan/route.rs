@@ -1258,6 +1258,7 @@ impl Resolve for State<'_> {
                     "hostname" => Cow::Owned(hostname()),
                     "nginx_version" => Cow::Borrowed("1.22.1"),
                     "connection" => Cow::Owned(req.connection.to_string()),
+                    "https" => Cow::Borrowed(if req.https { "on" } else { "" }),
                     "connection_requests" => Cow::Owned(req.requests.to_string()),
                     "server_name" => Cow::Borrowed(self.server.name()),
                     _ => return None,

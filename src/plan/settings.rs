@@ -290,7 +290,31 @@ settings! {
     proxy_set_body: Option<Template> = None;
     proxy_ignore_headers: Vec<String> = Vec::new();
     client_body_temp_path: String = "client_body_temp".to_string();
+    /// Certificate files (full paths), paired in order with `ssl_certificate_key`.
+    ssl_certificate: Vec<String> = Vec::new();
+    ssl_certificate_key: Vec<String> = Vec::new();
+    /// nginx 1.22's default; 1.23.4 dropped TLSv1 and TLSv1.1 (rustls never offers them).
+    ssl_protocols: Vec<String> = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"].map(String::from).to_vec();
+    ssl_ciphers: String = "HIGH:!aNULL:!MD5".to_string();
+    ssl_prefer_server_ciphers: bool = false;
+    /// `off`, `none`, or the sizes of `builtin[:N]` / `shared:NAME:SIZE` caches in sessions.
+    ssl_session_cache: SessionCache = SessionCache::None;
+    ssl_session_timeout: u64 = 300 * SEC;
+    ssl_session_tickets: bool = true;
+    ssl_ecdh_curve: String = "auto".to_string();
+    ssl_reject_handshake: bool = false;
     proxy_temp_path: String = "proxy_temp".to_string();
+}
+
+/// `ssl_session_cache`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum SessionCache {
+    /// Sessions are never stored.
+    Off,
+    /// nginx's default: clients are told sessions may be reused, but none are kept.
+    None,
+    /// A cache holding about this many sessions (nginx: about 4000 per megabyte).
+    Sessions(usize),
 }
 
 /// nginx's built-in `types` when the configuration has none.

@@ -35,6 +35,7 @@ pub async fn serve<S>(
     local: ListenAddr,
     configured: ListenAddr,
     shared: Arc<Shared>,
+    https: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -108,7 +109,7 @@ pub async fn serve<S>(
             &local,
             &socket,
             &shared,
-            (connection, served),
+            (connection, served, https),
         )
         .await
         {
@@ -133,7 +134,7 @@ async fn handle<S>(
     local: &ListenAddr,
     socket: &ListenAddr,
     shared: &Arc<Shared>,
-    (connection, served_count): (u64, u64),
+    (connection, served_count, https): (u64, u64, bool),
 ) -> std::io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -146,7 +147,7 @@ where
         remote: peer,
         local: local.clone(),
         socket: socket.clone(),
-        https: false,
+        https,
         body_len: match framing {
             Framing::Length(n) => Some(n),
             _ => None,

@@ -10,6 +10,7 @@ pub mod http1;
 pub mod log;
 mod pool;
 mod proxy;
+pub mod tls;
 mod upstreams;
 
 use std::io::Write;
@@ -31,10 +32,15 @@ pub struct Shared {
     pub upstreams: Upstreams,
     /// Idle upstream connections (`keepalive`), kept across reloads.
     pub pool: pool::Pool,
+    /// TLS configurations of the current plan's `ssl` sockets, swapped with it.
+    pub tls: ArcSwap<tls::TlsSet>,
 }
 
 /// Compiles the configuration as `nginx -t` would, printing problems nginx's way.
-fn load(paths: &Paths, globals: Option<String>) -> Result<(Plan, config::Compiled), ()> {
+fn load(
+    paths: &Paths,
+    globals: Option<String>,
+) -> Result<(Arc<Plan>, tls::TlsSet, config::Compiled), ()> {
     let options = Options {
         paths: paths.clone(),
         globals,
@@ -49,7 +55,17 @@ fn load(paths: &Paths, globals: Option<String>) -> Result<(Plan, config::Compile
     if compiled.has_errors() {
         return Err(());
     }
-    Ok((plan, compiled))
+    // Certificates load with the plan: one that does not fails the start or the reload.
+    let plan = Arc::new(plan);
+    match tls::build(&plan) {
+        Ok(set) => Ok((plan, set, compiled)),
+        Err(errors) => {
+            for e in errors {
+                let _ = writeln!(err, "portico: [emerg] {e}");
+            }
+            Err(())
+        }
+    }
 }
 
 /// `worker_processes` as a thread count.
@@ -79,7 +95,7 @@ fn main_directive(compiled: &config::Compiled, name: &str) -> Option<String> {
 
 /// `portico` (no -t): serve until told to stop.
 pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) -> ExitCode {
-    let Ok((plan, compiled)) = load(paths, globals.clone()) else {
+    let Ok((plan, tls_set, compiled)) = load(paths, globals.clone()) else {
         eprintln!("portico: [emerg] the configuration has errors; not starting");
         return ExitCode::from(1);
     };
@@ -118,7 +134,7 @@ pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) 
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(run(plan, pid_path, paths.clone(), globals))
+    runtime.block_on(run(plan, tls_set, pid_path, paths.clone(), globals))
 }
 
 enum Listener {
@@ -167,7 +183,8 @@ fn bind(addr: &ListenAddr, opts: &plan::ListenOpts) -> std::io::Result<(Listener
 }
 
 async fn run(
-    plan: Plan,
+    plan: Arc<Plan>,
+    tls_set: tls::TlsSet,
     pid_path: Option<PathBuf>,
     paths: Paths,
     globals: Option<String>,
@@ -183,9 +200,10 @@ async fn run(
         }
     }
     let shared = Arc::new(Shared {
-        plan: ArcSwap::from_pointee(plan),
+        plan: ArcSwap::new(plan),
         upstreams: Upstreams::default(),
         pool: Default::default(),
+        tls: ArcSwap::from_pointee(tls_set),
     });
     for (listener, addr, shown) in listeners {
         eprintln!("portico: listening on {shown}");
@@ -227,8 +245,9 @@ async fn signals(shared: Arc<Shared>, paths: &Paths, globals: Option<String>) ->
             _ = quit.recv() => return ExitCode::SUCCESS,
             _ = hup.recv() => {
                 match load(paths, globals.clone()) {
-                    Ok((plan, _)) => {
-                        shared.plan.store(Arc::new(plan));
+                    Ok((plan, tls_set, _)) => {
+                        shared.tls.store(Arc::new(tls_set));
+                        shared.plan.store(plan);
                         tracing::info!("configuration reloaded");
                     }
                     Err(()) => tracing::error!("reload failed; the previous configuration stays"),
@@ -248,13 +267,28 @@ async fn accept_loop(listener: Listener, addr: ListenAddr, shared: Arc<Shared>) 
                         .local_addr()
                         .map(ListenAddr::Tcp)
                         .unwrap_or_else(|_| addr.clone());
-                    tokio::spawn(conn::serve(
-                        stream,
-                        peer,
-                        local,
-                        addr.clone(),
-                        shared.clone(),
-                    ));
+                    match shared.tls.load().get(&addr) {
+                        Some(config) => {
+                            tokio::spawn(tls_connection(
+                                config,
+                                stream,
+                                peer,
+                                local,
+                                addr.clone(),
+                                shared.clone(),
+                            ));
+                        }
+                        None => {
+                            tokio::spawn(conn::serve(
+                                stream,
+                                peer,
+                                local,
+                                addr.clone(),
+                                shared.clone(),
+                                false,
+                            ));
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept() failed");
@@ -270,6 +304,7 @@ async fn accept_loop(listener: Listener, addr: ListenAddr, shared: Arc<Shared>) 
                         addr.clone(),
                         addr.clone(),
                         shared.clone(),
+                        false,
                     ));
                 }
                 Err(e) => {
@@ -278,5 +313,30 @@ async fn accept_loop(listener: Listener, addr: ListenAddr, shared: Arc<Shared>) 
                 }
             },
         }
+    }
+}
+
+/// A TLS connection: the handshake (within `client_header_timeout`, as nginx bounds it), then
+/// HTTP over it.
+async fn tls_connection(
+    config: Arc<rustls::ServerConfig>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    local: ListenAddr,
+    configured: ListenAddr,
+    shared: Arc<Shared>,
+) {
+    let wait = {
+        let plan = shared.plan.load();
+        let conf = crate::plan::route::find_socket(&plan, &configured)
+            .map(|s| plan.servers[s.default].conf.clone())
+            .unwrap_or_else(|| plan.http.clone());
+        std::time::Duration::from_millis(conf.settings.client_header_timeout().max(1))
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(wait, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => conn::serve(tls, peer, local, configured, shared, true).await,
+        Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "SSL handshake failed"),
+        Err(_) => tracing::info!(client = %peer, "SSL handshake timed out"),
     }
 }

@@ -9,3 +9,4 @@ mod proxy;
 mod routing;
 mod serve;
 mod support;
+mod tls;
