@@ -333,6 +333,29 @@ async fn tls_connection(
             .unwrap_or_else(|| plan.http.clone());
         std::time::Duration::from_millis(conf.settings.client_header_timeout().max(1))
     };
+    // Not a TLS handshake record: nginx answers a plain HTTP request with its own 400.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] != 0x16 => {
+            let mut stream = stream;
+            let mut buf = Vec::new();
+            let limits = http1::Limits {
+                line: 8192,
+                total: 32768,
+            };
+            let _ =
+                tokio::time::timeout(wait, http1::read_head(&mut stream, &mut buf, limits)).await;
+            let plan = shared.plan.load();
+            let conf = crate::plan::route::find_socket(&plan, &configured)
+                .map(|s| plan.servers[s.default].conf.clone())
+                .unwrap_or_else(|| plan.http.clone());
+            let _ = conn::error_response(&mut stream, 497, &conf, false).await;
+            conn::linger(&mut stream).await;
+            return;
+        }
+        Ok(Ok(_)) => {}
+        _ => return,
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(wait, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => conn::serve(tls, peer, local, configured, shared, true).await,

@@ -171,6 +171,13 @@ fn sni_picks_among_servers_of_one_socket_and_can_reject() {
         https_get(port, "localhost", "/", ALL).unwrap().cert,
         cert("localhost")
     );
+    // Plain HTTP to the TLS port: nginx's own 400.
+    let plain = crate::serve::get(port, "/", "");
+    assert!(plain.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{plain}");
+    assert!(
+        plain.contains("<center>The plain HTTP request was sent to HTTPS port</center>"),
+        "{plain}"
+    );
     // ssl_reject_handshake: no certificate at all.
     let err = https_get(port, "reject.test", "/", ALL)
         .err()
