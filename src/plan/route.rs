@@ -138,6 +138,9 @@ pub struct Decision {
     /// The status the answer must carry whatever its handler says (`error_page` without
     /// `=`, or with `=code`), for files and proxied answers.
     pub status: Option<u16>,
+    /// The request was redirected internally (an `error_page`, `try_files`, `index`): a
+    /// further `error_page` applies only with `recursive_error_pages`.
+    pub internal: bool,
 }
 
 /// How many times `last` and internal redirects may restart the search (nginx: 10).
@@ -200,6 +203,49 @@ pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
         Flow::Next | Flow::Last | Flow::Break => {}
     }
     st.find_and_serve(files)
+}
+
+/// `error_page` for an error the runtime met while serving `decision` (an upstream that
+/// failed, a file that is missing, `proxy_intercept_errors`): the decision for the page, or
+/// `None` when no page applies (nginx then sends its own). `known` holds variables only the
+/// runtime knows by then (`$upstream_addr`, `$upstream_status`).
+pub fn error_page(
+    plan: &Plan,
+    req: &Request,
+    decision: &Decision,
+    status: u16,
+    files: &dyn FileCheck,
+    known: Vec<(String, String)>,
+) -> Option<Decision> {
+    let server = plan.servers.get(decision.server)?;
+    let settings = &decision.conf.settings;
+    if !settings
+        .error_page()
+        .iter()
+        .any(|p| p.codes.contains(&status))
+    {
+        return None;
+    }
+    if decision.internal && !settings.recursive_error_pages() {
+        return None;
+    }
+    let (authority, _) = split_absolute(&req.target);
+    let host = authority
+        .or_else(|| header(&req.headers, "host"))
+        .and_then(validate_host)
+        .unwrap_or_default();
+    let mut st = State::new(plan, req, server, host);
+    st.conf = decision.conf.clone();
+    st.location = decision.location.clone();
+    st.uri = decision.uri.clone();
+    st.args = decision.args.clone();
+    st.internal = decision.internal;
+    st.headers = filter_headers(&req.headers, &server.conf);
+    st.trace = decision.trace.clone();
+    st.vars.extend(known);
+    let outcome = st.status(status, None);
+    let mut cycles = 0;
+    Some(st.serve_result(outcome, files, &mut cycles))
 }
 
 /// Answers the file questions of `try_files` and `if (-f ...)`.
@@ -289,6 +335,7 @@ fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> De
     let tokens = conf.settings.server_tokens();
     let _ = req;
     Decision {
+        internal: false,
         server,
         location: None,
         conf,
@@ -480,6 +527,7 @@ impl<'p> State<'p> {
             add_headers,
             base,
             status: None,
+            internal: self.internal,
             server: self.server.index,
             location: self.location,
             conf: self.conf,

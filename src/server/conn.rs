@@ -27,6 +27,8 @@ pub struct Exchange<'a> {
     pub framing: Framing,
     pub keepalive: bool,
     pub conf: &'a LocConf,
+    /// The request as routing saw it, for `error_page` at run time.
+    pub request: &'a route::Request,
 }
 
 pub async fn serve<S>(
@@ -178,6 +180,7 @@ where
         framing,
         keepalive,
         conf: &conf,
+        request: &request,
     };
     let started = std::time::Instant::now();
     let result = serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive).await;
@@ -196,6 +199,70 @@ where
         });
     }
     result
+}
+
+/// An error met while serving (an upstream that failed, a file that is missing): the
+/// `error_page` for it if the configuration has one, else nginx's own page.
+pub fn serve_error<'a, S>(
+    io: &'a mut S,
+    buf: &'a mut Vec<u8>,
+    ex: &'a Exchange<'a>,
+    decision: &'a route::Decision,
+    plan: &'a Arc<Plan>,
+    shared: &'a Arc<Shared>,
+    status: u16,
+    keep: Vec<(String, String)>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<bool>> + Send + 'a>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // Boxed: the page may be proxied again, and its errors served here again.
+    Box::pin(async move {
+        let known = ex
+            .served
+            .lock()
+            .map(|s| {
+                let mut v = Vec::new();
+                if let Some(a) = &s.upstream_addr {
+                    v.push(("upstream_addr".to_string(), a.clone()));
+                }
+                if let Some(st) = s.upstream_status {
+                    v.push(("upstream_status".to_string(), st.to_string()));
+                }
+                v
+            })
+            .unwrap_or_default();
+        let Some(page) = route::error_page(plan, ex.request, decision, status, &RealFiles, known)
+        else {
+            error_response(io, status, ex.conf, ex.keepalive).await?;
+            ex.record(status, 0, 0);
+            return Ok(ex.keepalive);
+        };
+        // Headers of the intercepted answer that stay (a 401's `WWW-Authenticate`).
+        let mut add = page.add_headers.clone();
+        add.extend(keep.into_iter().map(|(n, v)| (n, v, true)));
+        // The body has been read (or is gone): the page's handler gets none.
+        let inner = Exchange {
+            head: ex.head,
+            add: &add,
+            served: Default::default(),
+            framing: Framing::None,
+            keepalive: ex.keepalive,
+            conf: &page.conf,
+            request: ex.request,
+        };
+        let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
+        if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
+            let upstream = outer.clone();
+            *outer = served.clone();
+            if outer.upstream_addr.is_none() {
+                outer.upstream_addr = upstream.upstream_addr;
+                outer.upstream_status = upstream.upstream_status;
+                outer.upstream_time = upstream.upstream_time;
+            }
+        }
+        result
+    })
 }
 
 async fn serve_outcome<S>(

@@ -148,11 +148,35 @@ where
                     held = Some(response);
                     continue;
                 }
+                note_upstream(ex, &tried, Some(response.status), started);
+                // proxy_intercept_errors: an error with an error_page gets the page instead.
+                if response.status >= 300
+                    && s.proxy_intercept_errors()
+                    && s.error_page()
+                        .iter()
+                        .any(|p| p.codes.contains(&response.status))
+                {
+                    let status = response.status;
+                    let keep = if status == 401 {
+                        response
+                            .headers
+                            .iter()
+                            .filter(|(n, _)| n.eq_ignore_ascii_case("www-authenticate"))
+                            .cloned()
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    drop(response);
+                    return super::conn::serve_error(
+                        io, buf, ex, decision, plan, shared, status, keep,
+                    )
+                    .await;
+                }
                 if let Some(code) = decision.status {
                     response.status = code;
                 }
                 rewrite_redirects(&mut response, redirects, &decision.base);
-                note_upstream(ex, &tried, Some(response.status), started);
                 if response.status == 101 {
                     return tunnel(io, buf, ex, response).await;
                 }
@@ -185,10 +209,8 @@ where
         Failure::Timeout => 504,
         _ => 502,
     };
-    error_response(io, status, ex.conf, ex.keepalive).await?;
-    ex.record(status, 0, 0);
     note_upstream(ex, &tried, None, started);
-    Ok(ex.keepalive)
+    super::conn::serve_error(io, buf, ex, decision, plan, shared, status, Vec::new()).await
 }
 
 impl ReqBody {

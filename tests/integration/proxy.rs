@@ -433,3 +433,51 @@ fn upstream_keepalive_reuses_connections() {
     // Without `keepalive`, every request has its own connection.
     assert_eq!(plain_count.load(Ordering::SeqCst), 5);
 }
+
+#[test]
+fn error_pages_cover_upstream_failures_and_intercepted_errors() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let not_found = upstream(|mut s| {
+        if read_head(&mut s).is_some() {
+            let _ = s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nX-App: 1\r\n\r\napp's 404",
+            );
+        }
+    });
+    let p = Portico::start(
+        "proxy-error-pages",
+        &format!(
+            "server {{ listen 127.0.0.1:0;
+               location /down/ {{ proxy_pass http://127.0.0.1:{closed}; error_page 502 504 = @down; }}
+               location @down {{ return 200 \"fallback for $uri\"; }}
+               location /plain/ {{ proxy_pass http://127.0.0.1:{closed}; error_page 502 /50x.txt; }}
+               location = /50x.txt {{ return 200 \"sorry\"; }}
+               location /app/ {{ proxy_pass http://127.0.0.1:{not_found}; }}
+               location /intercepted/ {{ proxy_intercept_errors on; error_page 404 /nf;
+                                        proxy_pass http://127.0.0.1:{not_found}; }}
+               location = /nf {{ return 404 \"custom 404\"; }} }}"
+        ),
+    );
+    let r = crate::serve::get(p.port(), "/down/x", "");
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert!(r.ends_with("fallback for /down/x"), "{r}");
+    // Without `=`, the page keeps the error's status.
+    let r = crate::serve::get(p.port(), "/plain/x", "");
+    assert!(r.starts_with("HTTP/1.1 502 Bad Gateway"), "{r}");
+    assert!(r.ends_with("sorry"), "{r}");
+    // Without proxy_intercept_errors the app's own 404 goes through.
+    let r = crate::serve::get(p.port(), "/app/x", "");
+    assert!(
+        r.starts_with("HTTP/1.1 404") && r.ends_with("app's 404"),
+        "{r}"
+    );
+    let r = crate::serve::get(p.port(), "/intercepted/x", "");
+    assert!(
+        r.starts_with("HTTP/1.1 404") && r.ends_with("custom 404"),
+        "{r}"
+    );
+    assert!(!r.contains("X-App"), "{r}");
+}
