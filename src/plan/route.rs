@@ -41,8 +41,21 @@ pub struct Request {
     pub chunked: bool,
     /// `$connection`: the connection's serial number.
     pub connection: u64,
+    /// The TLS session, on an `ssl` socket.
+    pub tls: Option<TlsInfo>,
     /// `$connection_requests`: requests made on the connection so far, this one included.
     pub requests: u64,
+}
+
+/// What `$ssl_*` variables say about a TLS connection.
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// The name the client asked for (SNI).
+    pub server_name: Option<String>,
+    /// `TLSv1.2`, `TLSv1.3`.
+    pub protocol: String,
+    /// OpenSSL's name of the cipher suite.
+    pub cipher: String,
 }
 
 /// The request line and headers that would go to the upstream.
@@ -1307,6 +1320,9 @@ impl Resolve for State<'_> {
                     "nginx_version" => Cow::Borrowed("1.22.1"),
                     "connection" => Cow::Owned(req.connection.to_string()),
                     "https" => Cow::Borrowed(if req.https { "on" } else { "" }),
+                    "ssl_server_name" => Cow::Borrowed(req.tls.as_ref()?.server_name.as_deref()?),
+                    "ssl_protocol" => Cow::Borrowed(req.tls.as_ref()?.protocol.as_str()),
+                    "ssl_cipher" => Cow::Borrowed(req.tls.as_ref()?.cipher.as_str()),
                     "connection_requests" => Cow::Owned(req.requests.to_string()),
                     "server_name" => Cow::Borrowed(self.server.name()),
                     _ => return None,

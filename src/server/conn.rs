@@ -37,7 +37,7 @@ pub async fn serve<S>(
     local: ListenAddr,
     configured: ListenAddr,
     shared: Arc<Shared>,
-    https: bool,
+    tls: Option<route::TlsInfo>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -111,7 +111,7 @@ pub async fn serve<S>(
             &local,
             &socket,
             &shared,
-            (connection, served, https),
+            (connection, served, tls.clone()),
         )
         .await
         {
@@ -136,7 +136,7 @@ async fn handle<S>(
     local: &ListenAddr,
     socket: &ListenAddr,
     shared: &Arc<Shared>,
-    (connection, served_count, https): (u64, u64, bool),
+    (connection, served_count, tls): (u64, u64, Option<route::TlsInfo>),
 ) -> std::io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -149,7 +149,8 @@ where
         remote: peer,
         local: local.clone(),
         socket: socket.clone(),
-        https,
+        https: tls.is_some(),
+        tls,
         body_len: match framing {
             Framing::Length(n) => Some(n),
             _ => None,

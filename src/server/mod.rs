@@ -285,7 +285,7 @@ async fn accept_loop(listener: Listener, addr: ListenAddr, shared: Arc<Shared>) 
                                 local,
                                 addr.clone(),
                                 shared.clone(),
-                                false,
+                                None,
                             ));
                         }
                     }
@@ -304,7 +304,7 @@ async fn accept_loop(listener: Listener, addr: ListenAddr, shared: Arc<Shared>) 
                         addr.clone(),
                         addr.clone(),
                         shared.clone(),
-                        false,
+                        None,
                     ));
                 }
                 Err(e) => {
@@ -358,7 +358,10 @@ async fn tls_connection(
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(wait, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => conn::serve(tls, peer, local, configured, shared, true).await,
+        Ok(Ok(tls)) => {
+            let info = tls::info(tls.get_ref().1);
+            conn::serve(tls, peer, local, configured, shared, Some(info)).await
+        }
         Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "SSL handshake failed"),
         Err(_) => tracing::info!(client = %peer, "SSL handshake timed out"),
     }

@@ -136,6 +136,7 @@ where
             group: upstream,
             peer,
             keepalive: keepalive.as_ref(),
+            https: pass.https,
         };
         match attempt(&target, &head, &mut body, io, buf, s, shared, head_only).await {
             Ok(mut response) => {
@@ -301,6 +302,8 @@ struct Target<'a> {
     group: &'a str,
     peer: &'a Peer,
     keepalive: Option<&'a Keepalive>,
+    /// `proxy_pass https://...`.
+    https: bool,
 }
 
 /// How the upstream delimits its response body.
@@ -337,15 +340,25 @@ impl Response {
     }
 }
 
-async fn connect(peer: &Peer) -> std::io::Result<Box<dyn Stream>> {
-    match &peer.addr {
+async fn connect(peer: &Peer, https: bool) -> std::io::Result<Box<dyn Stream>> {
+    let plain: Box<dyn Stream> = match &peer.addr {
         PeerAddr::Tcp { host, port } => {
             let s = TcpStream::connect((host.as_str(), *port)).await?;
             let _ = s.set_nodelay(true);
-            Ok(Box::new(s))
+            Box::new(s)
         }
-        PeerAddr::Unix { path } => Ok(Box::new(UnixStream::connect(path).await?)),
+        PeerAddr::Unix { path } => Box::new(UnixStream::connect(path).await?),
+    };
+    if https {
+        // No SNI is sent (nginx's proxy_ssl_server_name off): the name is unused.
+        let name = rustls::pki_types::ServerName::try_from("upstream").expect("a valid name");
+        return Ok(Box::new(
+            super::tls::upstream_connector()
+                .connect(name, plain)
+                .await?,
+        ));
     }
+    Ok(plain)
 }
 
 /// One try at one upstream server: a pooled connection if one is idle (and, if it turns out
@@ -372,8 +385,11 @@ where
         let reused = pooled.is_some();
         let conn = match pooled.take() {
             Some(c) => c,
-            None => match tokio::time::timeout(ms(s.proxy_connect_timeout()), connect(target.peer))
-                .await
+            None => match tokio::time::timeout(
+                ms(s.proxy_connect_timeout()),
+                connect(target.peer, target.https),
+            )
+            .await
             {
                 Err(_) => return Err(Failure::Timeout),
                 Ok(Err(e)) => {

@@ -355,6 +355,113 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// The `$ssl_*` variables of an established connection.
+pub fn info(conn: &rustls::ServerConnection) -> crate::plan::route::TlsInfo {
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        _ => "TLSv1.2",
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|c| openssl_name(&format!("{:?}", c.suite())))
+        .unwrap_or_default();
+    crate::plan::route::TlsInfo {
+        server_name: conn.server_name().map(str::to_string),
+        protocol: protocol.to_string(),
+        cipher,
+    }
+}
+
+/// OpenSSL's name of a suite, as `$ssl_cipher` gives it: `TLS_AES_128_GCM_SHA256` for
+/// TLSv1.3, `ECDHE-RSA-AES128-GCM-SHA256` for TLSv1.2.
+fn openssl_name(iana: &str) -> String {
+    if let Some(rest) = iana.strip_prefix("TLS13_") {
+        return format!("TLS_{rest}");
+    }
+    let Some(rest) = iana.strip_prefix("TLS_ECDHE_") else {
+        return iana.to_string();
+    };
+    let (auth, body) = rest.split_once("_WITH_").unwrap_or((rest, ""));
+    let body = match body {
+        "AES_128_GCM_SHA256" => "AES128-GCM-SHA256",
+        "AES_256_GCM_SHA384" => "AES256-GCM-SHA384",
+        "CHACHA20_POLY1305_SHA256" => "CHACHA20-POLY1305",
+        other => other,
+    };
+    format!("ECDHE-{auth}-{body}")
+}
+
+/// The client side, for `proxy_pass https://`: as nginx does by default
+/// (`proxy_ssl_verify off`, `proxy_ssl_server_name off`), the upstream's certificate is not
+/// checked and no SNI is sent. Built once.
+pub fn upstream_connector() -> tokio_rustls::TlsConnector {
+    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let provider = provider();
+            let verifier = Arc::new(NoVerification(provider.clone()));
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports the default versions")
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth();
+            config.enable_sni = false;
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        })
+        .clone()
+}
+
+/// nginx's `proxy_ssl_verify off`: any certificate is accepted (signatures are still checked,
+/// so the handshake itself is sound).
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,7 @@ fn certificates_follow_sni_and_variables_say_https() {
              ssl_prefer_server_ciphers off;
              server {{ listen 127.0.0.1:0 ssl; server_name localhost;
                  location / {{ return 200 \"$server_name $https $scheme\"; }}
+                 location /vars {{ return 200 \"$ssl_server_name $ssl_protocol $ssl_cipher\"; }}
                  location /app/ {{ proxy_set_header X-Forwarded-Proto $scheme;
                                   proxy_pass http://127.0.0.1:{port}; }} }}
              server {{ listen 127.0.0.2:0 ssl; server_name b.test;
@@ -123,8 +124,18 @@ fn certificates_follow_sni_and_variables_say_https() {
         r.response
     );
     // TLSv1.2 with the suites ssl_ciphers names (an RSA one for this RSA certificate).
-    let r = https_get(a, "localhost", "/", TLS12).unwrap();
+    let r = https_get(a, "localhost", "/vars", TLS12).unwrap();
     assert_eq!(r.version, rustls::ProtocolVersion::TLSv1_2);
+    assert_eq!(
+        body(&r.response),
+        "localhost TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256"
+    );
+    let r = https_get(a, "localhost", "/vars", ALL).unwrap();
+    assert!(
+        body(&r.response).starts_with("localhost TLSv1.3 TLS_"),
+        "{}",
+        r.response
+    );
     // The second socket's server has its own certificate (ECDSA), the one SNI names.
     let r = https_get_at("127.0.0.2", b, "b.test", "/", ALL).unwrap();
     assert_eq!(r.cert, cert("b.test"));
@@ -274,4 +285,36 @@ fn test_mode_refuses_what_nginx_refuses() {
             );
         }
     }
+}
+
+#[test]
+fn proxy_pass_https_reaches_a_tls_upstream() {
+    let d = tls_dir();
+    let backend = Portico::start(
+        "tls-backend",
+        &format!(
+            "server {{ listen 127.0.0.1:0 ssl;
+                 ssl_certificate {d}/localhost.pem; ssl_certificate_key {d}/localhost.key;
+                 return 200 \"secure=$https sni=[$ssl_server_name] $request_uri\"; }}",
+            d = d.display()
+        ),
+    );
+    let front = Portico::start(
+        "tls-front",
+        &format!(
+            "server {{ listen 127.0.0.1:0; location / {{ proxy_pass https://127.0.0.1:{}; }} }}",
+            backend.port()
+        ),
+    );
+    // Asked directly, with SNI, the backend names it: the empty name below means none was sent.
+    let direct = https_get(backend.port(), "localhost", "/d", ALL).unwrap();
+    assert!(
+        body(&direct.response).starts_with("secure=on sni=[localhost]"),
+        "{}",
+        direct.response
+    );
+    let r = crate::serve::get(front.port(), "/x?y=1", "");
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    // nginx's defaults: no certificate check (the test CA is unknown to it) and no SNI.
+    assert!(r.ends_with("secure=on sni=[] /x?y=1"), "{r}");
 }
