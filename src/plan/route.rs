@@ -1303,7 +1303,9 @@ impl Resolve for State<'_> {
                 }
                 match name.as_str() {
                     "proxy_internal_body_length" => {
-                        if !self.conf.settings.proxy_pass_request_body() || req.chunked {
+                        // nginx sends the client's length even with proxy_pass_request_body
+                        // off (configs then clear it with proxy_set_header).
+                        if req.chunked {
                             return None;
                         }
                         Cow::Owned(req.body_len?.to_string())

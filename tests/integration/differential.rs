@@ -14,6 +14,7 @@
 //! GET /path
 //! GET /path | Host: other.example | X-A: 1
 //! POST /form | Content-Length: 5 || hello
+//! POST /form | Transfer-Encoding: chunked || 5\r\nhello\r\n0\r\n\r\n
 //! ```
 //!
 //! `$PORT` is the listening port (each server gets its own; ports in answers are normalised),
@@ -217,7 +218,8 @@ fn parse(text: &str) -> (String, Vec<Case>) {
                 raw += &format!("{h}\r\n");
             }
             raw += "Connection: close\r\n\r\n";
-            raw += body;
+            // `\r\n` in a body stands for CRLF (chunked bodies need it).
+            raw += &body.replace("\\r\\n", "\r\n");
             Case {
                 line: line.to_string(),
                 raw: raw.into_bytes(),
