@@ -280,7 +280,6 @@ where
 {
     let conf = ex.conf;
     let s = &conf.settings;
-    let head = ex.head;
     let framing = ex.framing;
     match &decision.outcome {
         Outcome::Return {
@@ -288,18 +287,6 @@ where
             headers,
             body,
         } => {
-            // The body, if any, is read and dropped so the connection stays usable.
-            if framing != Framing::None {
-                continue_if_expected(io, head).await?;
-                match http1::read_body(io, buf, framing, s.client_max_body_size()).await? {
-                    Ok(_) => {}
-                    Err(Refused(st)) => {
-                        error_response(io, st, &conf, false).await?;
-                        linger(io).await;
-                        return Ok(false);
-                    }
-                }
-            }
             if *status == 444 {
                 return Ok(false);
             }
@@ -320,7 +307,12 @@ where
                 body.as_deref().unwrap_or("").as_bytes(),
             )
             .await?;
-            Ok(keepalive)
+            // As nginx, the answer does not wait for the body: it is read and dropped after,
+            // and the connection is kept only if that ends well.
+            if framing != Framing::None && keepalive {
+                return discard_after(io, buf, ex).await;
+            }
+            Ok(keepalive && framing == Framing::None)
         }
         Outcome::File { path } => {
             if framing != Framing::None {
@@ -335,6 +327,23 @@ where
             files::serve(io, &ex, &decision, path).await
         }
         Outcome::Proxy { .. } => proxy::serve(io, buf, &ex, &decision, plan, shared).await,
+    }
+}
+
+/// Drops the body of a request already answered: `Ok(true)` if the connection can go on.
+async fn discard_after<S>(io: &mut S, buf: &mut Vec<u8>, ex: &Exchange<'_>) -> std::io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // nginx discards with its lingering timeout (5s), not client_body_timeout. No size
+    // limit: the answer has gone; only the framing matters.
+    let mut reader = super::body::BodyReader::new(ex.framing, 0, Duration::from_secs(5));
+    loop {
+        match reader.next(io, buf).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(true),
+            Err(_) => return Ok(false),
+        }
     }
 }
 
@@ -438,8 +447,17 @@ pub async fn respond<S: AsyncWrite + Unpin>(
         out.extend_from_slice(body);
     }
     ex.record(status, out.len(), out.len() - head_len);
-    io.write_all(&out).await?;
-    io.flush().await
+    // send_timeout: how long the client may take to accept what is written.
+    let wait = Duration::from_millis(s.send_timeout().max(1));
+    match tokio::time::timeout(wait, async {
+        io.write_all(&out).await?;
+        io.flush().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 impl Exchange<'_> {

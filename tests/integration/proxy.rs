@@ -481,3 +481,38 @@ fn error_pages_cover_upstream_failures_and_intercepted_errors() {
     );
     assert!(!r.contains("X-App"), "{r}");
 }
+
+#[test]
+fn answers_do_not_wait_for_a_body_nobody_reads_and_slow_bodies_time_out() {
+    let echo = Echo::start();
+    let p = Portico::start(
+        "body-timeouts",
+        &format!(
+            "server {{ listen 127.0.0.1:0; client_body_timeout 500ms;
+               location /return {{ return 200 done; }}
+               location /up {{ proxy_pass http://127.0.0.1:{}; }} }}",
+            echo.port
+        ),
+    );
+    // `return` answers at once, as nginx does, though only part of the body came.
+    let mut c = TcpStream::connect(("127.0.0.1", p.port())).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"POST /return HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = c.read(&mut got).unwrap();
+    let answer = String::from_utf8_lossy(&got[..n]).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("done"),
+        "{answer}"
+    );
+    // A proxied request whose body stalls is never sent upstream; the connection closes
+    // without an answer (nginx's 408 is only logged).
+    let mut c = TcpStream::connect(("127.0.0.1", p.port())).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = c.read_to_end(&mut all);
+    assert!(all.is_empty(), "{}", String::from_utf8_lossy(&all));
+}
