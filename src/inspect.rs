@@ -132,6 +132,7 @@ pub fn route(args: &RouteArgs) -> ExitCode {
         https: args.https,
         body_len,
         connection: 1,
+        explain: true,
         tls: None,
         requests: 1,
         chunked,

@@ -41,6 +41,8 @@ pub struct Request {
     pub chunked: bool,
     /// `$connection`: the connection's serial number.
     pub connection: u64,
+    /// Record each step in `Decision::trace` (for `portico route`).
+    pub explain: bool,
     /// The TLS session, on an `ssl` socket.
     pub tls: Option<TlsInfo>,
     /// `$connection_requests`: requests made on the connection so far, this one included.
@@ -184,17 +186,19 @@ pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
     };
     let server = &plan.servers[server_index];
     let mut st = State::new(plan, req, server, host);
-    st.trace.push(format!(
-        "server {:?} at {}:{} ({})",
-        server.name(),
-        server.place.file,
-        server.place.line,
-        if captures.is_some() || socket.names.find(&st.host).is_some() {
-            "by name"
-        } else {
-            "default server"
-        }
-    ));
+    if st.explain {
+        st.trace.push(format!(
+            "server {:?} at {}:{} ({})",
+            server.name(),
+            server.place.file,
+            server.place.line,
+            if captures.is_some() || socket.names.find(&st.host).is_some() {
+                "by name"
+            } else {
+                "default server"
+            }
+        ));
+    }
     if let Some(c) = captures {
         st.set_captures(c);
     }
@@ -487,6 +491,8 @@ struct State<'p> {
     uri_changed: bool,
     proxy: Option<(String, u16)>,
     trace: Vec<String>,
+    /// Whether to write the trace (`portico route`); serving skips the work.
+    explain: bool,
 }
 
 impl<'p> State<'p> {
@@ -512,6 +518,7 @@ impl<'p> State<'p> {
             uri_changed: false,
             proxy: None,
             trace: Vec::new(),
+            explain: req.explain,
         }
     }
 
@@ -623,10 +630,12 @@ impl<'p> State<'p> {
                     };
                     self.set_captures(c);
                     let result = self.rewrite_result(replacement);
-                    self.trace.push(format!(
-                        "rewrite at {}:{}: {} -> {}",
-                        place.file, place.line, self.uri, result
-                    ));
+                    if self.explain {
+                        self.trace.push(format!(
+                            "rewrite at {}:{}: {} -> {}",
+                            place.file, place.line, self.uri, result
+                        ));
+                    }
                     let redirect = result.starts_with("http://")
                         || result.starts_with("https://")
                         || replacement.source.starts_with("$scheme")
@@ -677,8 +686,10 @@ impl<'p> State<'p> {
                     }
                 }
                 Op::Return { code, text, place } => {
-                    self.trace
-                        .push(format!("return at {}:{}", place.file, place.line));
+                    if self.explain {
+                        self.trace
+                            .push(format!("return at {}:{}", place.file, place.line));
+                    }
                     let text = text.as_ref().map(|t| self.eval(t));
                     return Flow::Done(self.status(*code, text));
                 }
@@ -702,8 +713,10 @@ impl<'p> State<'p> {
                     place,
                 } => {
                     if self.test(cond, files) {
-                        self.trace
-                            .push(format!("if at {}:{} is true", place.file, place.line));
+                        if self.explain {
+                            self.trace
+                                .push(format!("if at {}:{} is true", place.file, place.line));
+                        }
                         self.conf = conf.clone();
                         let inner: Vec<&Op> = ops.iter().collect();
                         match self.run(&inner, files) {
@@ -794,8 +807,10 @@ impl<'p> State<'p> {
         loop {
             cycles += 1;
             if cycles > MAX_CYCLES + 1 {
-                self.trace
-                    .push("rewrite or internal redirection cycle".into());
+                if self.explain {
+                    self.trace
+                        .push("rewrite or internal redirection cycle".into());
+                }
                 return self.finish_error(500);
             }
             self.uri_changed = false;
@@ -808,8 +823,11 @@ impl<'p> State<'p> {
                     if !self.args.is_empty() {
                         target = format!("{target}?{}", self.args);
                     }
-                    self.trace
-                        .push("the URI is a proxied location's name without its slash: 301".into());
+                    if self.explain {
+                        self.trace.push(
+                            "the URI is a proxied location's name without its slash: 301".into(),
+                        );
+                    }
                     let outcome = self.status(301, Some(target));
                     return self.finish(outcome);
                 }
@@ -817,24 +835,28 @@ impl<'p> State<'p> {
                     for c in captures {
                         self.set_captures(c);
                     }
-                    self.trace.push(format!(
-                        "location {}{}{} at {}:{}",
-                        location.modifier(),
-                        if location.modifier().is_empty() {
-                            ""
-                        } else {
-                            " "
-                        },
-                        location.name(),
-                        location.place.file,
-                        location.place.line
-                    ));
+                    if self.explain {
+                        self.trace.push(format!(
+                            "location {}{}{} at {}:{}",
+                            location.modifier(),
+                            if location.modifier().is_empty() {
+                                ""
+                            } else {
+                                " "
+                            },
+                            location.name(),
+                            location.place.file,
+                            location.place.line
+                        ));
+                    }
                     self.conf = location.conf.clone();
                     self.location = Some(location);
                 }
                 Match::None => {
-                    self.trace
-                        .push("no location matches: the server's own configuration".into());
+                    if self.explain {
+                        self.trace
+                            .push("no location matches: the server's own configuration".into());
+                    }
                     self.conf = self.server.conf.clone();
                     self.location = None;
                 }
@@ -842,17 +864,21 @@ impl<'p> State<'p> {
             // limit_except: other methods take the block's configuration.
             if let Some((methods, le)) = &self.conf.limit_except.clone() {
                 if !methods.iter().any(|m| *m == self.req.method) {
-                    self.trace.push(format!(
-                        "limit_except: {} is not among {}",
-                        self.req.method,
-                        methods.join(" ")
-                    ));
+                    if self.explain {
+                        self.trace.push(format!(
+                            "limit_except: {} is not among {}",
+                            self.req.method,
+                            methods.join(" ")
+                        ));
+                    }
                     self.conf = le.clone();
                 }
             }
             if self.conf.internal && !self.internal {
-                self.trace
-                    .push("internal location, external request: 404".into());
+                if self.explain {
+                    self.trace
+                        .push("internal location, external request: 404".into());
+                }
                 return self.finish_error(404);
             }
             let conf = self.conf.clone();
@@ -864,7 +890,9 @@ impl<'p> State<'p> {
                 Flow::Next | Flow::Break => {}
             }
             if !self.access_allowed() {
-                self.trace.push("access: denied by allow/deny rules".into());
+                if self.explain {
+                    self.trace.push("access: denied by allow/deny rules".into());
+                }
                 let o = self.status(403, None);
                 return self.serve_result(o, files, &mut cycles);
             }
@@ -894,7 +922,9 @@ impl<'p> State<'p> {
             return self.finish(outcome);
         }
         let target = self.eval(&page.uri);
-        self.trace.push(format!("error_page {status} -> {target}"));
+        if self.explain {
+            self.trace.push(format!("error_page {status} -> {target}"));
+        }
         if let Some(name) = target.strip_prefix('@').map(|n| format!("@{n}")) {
             if let Some(loc) = self.server.named.get(&name).cloned() {
                 self.internal = true;
@@ -949,10 +979,12 @@ impl<'p> State<'p> {
                 } else {
                     files.is_file(&path)
                 };
-                self.trace.push(format!(
-                    "try_files {name}: {path} {}",
-                    if ok { "found" } else { "not found" }
-                ));
+                if self.explain {
+                    self.trace.push(format!(
+                        "try_files {name}: {path} {}",
+                        if ok { "found" } else { "not found" }
+                    ));
+                }
                 if ok {
                     self.uri = name;
                     return Ok(Outcome::File { path });
@@ -969,7 +1001,9 @@ impl<'p> State<'p> {
                 let Some(loc) = self.server.named.get(&fallback).cloned() else {
                     return Ok(self.status(500, None));
                 };
-                self.trace.push(format!("named location {fallback}"));
+                if self.explain {
+                    self.trace.push(format!("named location {fallback}"));
+                }
                 self.internal = true;
                 self.location = Some(loc.clone());
                 self.conf = loc.conf.clone();
@@ -1005,7 +1039,9 @@ impl<'p> State<'p> {
             if !self.args.is_empty() {
                 target = format!("{target}?{}", self.args);
             }
-            self.trace.push(format!("{path} is a directory: 301"));
+            if self.explain {
+                self.trace.push(format!("{path} is a directory: 301"));
+            }
             return Ok(self.status(301, Some(target)));
         }
         Ok(Outcome::File { path })

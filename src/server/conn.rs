@@ -157,6 +157,7 @@ where
         },
         chunked: framing == Framing::Chunked,
         connection,
+        explain: false,
         requests: served_count,
     };
     let decision = route::route(plan, &request, &RealFiles);
@@ -422,7 +423,7 @@ pub async fn respond<S: AsyncWrite + Unpin>(
         ),
         (
             "Date".to_string(),
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
+            super::http1::date_now(),
         ),
     ];
     let bodyless = status == 204 || status == 304 || (100..200).contains(&status);
@@ -512,7 +513,7 @@ pub async fn error_response<S: AsyncWrite + Unpin>(
         ("Server".to_string(), server_header(tokens).to_string()),
         (
             "Date".to_string(),
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
+            super::http1::date_now(),
         ),
         ("Content-Type".to_string(), "text/html".to_string()),
         ("Content-Length".to_string(), body.len().to_string()),

@@ -339,7 +339,14 @@ impl ResponseHead {
         } else {
             "HTTP/1.0"
         };
-        let mut out = format!("{version} {} {reason}\r\n", self.status).into_bytes();
+        let size: usize = self.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        let mut out = Vec::with_capacity(size + reason.len() + 20);
+        out.extend_from_slice(version.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.status.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
         for (n, v) in &self.headers {
             out.extend_from_slice(n.as_bytes());
             out.extend_from_slice(b": ");
@@ -381,4 +388,24 @@ mod tests {
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
         assert_eq!(parse_head(long.as_bytes(), L), Err(Refused(414)));
     }
+}
+
+/// The `Date` header's value for now. Formatted once a second per thread, as nginx caches
+/// its time strings.
+pub fn date_now() -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        c.1.clone()
+    })
 }

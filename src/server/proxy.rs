@@ -592,7 +592,7 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
         ),
         (
             "Date".to_string(),
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
+            super::http1::date_now(),
         ),
         ("Connection".to_string(), "upgrade".to_string()),
     ];
@@ -676,7 +676,7 @@ async fn deliver<S: AsyncWrite + Unpin>(
     if !pass.iter().any(|h| h == "date") {
         headers.push((
             "Date".to_string(),
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
+            super::http1::date_now(),
         ));
     }
     // Content-Type keeps its place first among the upstream's headers, as in nginx.
