@@ -421,10 +421,7 @@ pub async fn respond<S: AsyncWrite + Unpin>(
             "Server".to_string(),
             server_header(s.server_tokens()).to_string(),
         ),
-        (
-            "Date".to_string(),
-            super::http1::date_now(),
-        ),
+        ("Date".to_string(), super::http1::date_now()),
     ];
     let bodyless = status == 204 || status == 304 || (100..200).contains(&status);
     if !bodyless {
@@ -511,10 +508,7 @@ pub async fn error_response<S: AsyncWrite + Unpin>(
     let body = pages::default_page(status, tokens).unwrap_or_default();
     let headers = vec![
         ("Server".to_string(), server_header(tokens).to_string()),
-        (
-            "Date".to_string(),
-            super::http1::date_now(),
-        ),
+        ("Date".to_string(), super::http1::date_now()),
         ("Content-Type".to_string(), "text/html".to_string()),
         ("Content-Length".to_string(), body.len().to_string()),
         (

@@ -339,7 +339,11 @@ impl ResponseHead {
         } else {
             "HTTP/1.0"
         };
-        let size: usize = self.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        let size: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum();
         let mut out = Vec::with_capacity(size + reason.len() + 20);
         out.extend_from_slice(version.as_bytes());
         out.push(b' ');

@@ -494,10 +494,12 @@ where
     conn.requests += 1;
     let read_timeout = ms(s.proxy_read_timeout());
     let limit = (s.proxy_buffer_size() as usize).max(1024);
-    let mut got = Vec::new();
-    let mut chunk = vec![0u8; limit.max(16384)];
+    let mut got = Vec::with_capacity(16384);
     let (status, version, headers, consumed) = loop {
-        let n = match tokio::time::timeout(read_timeout, conn.io.read(&mut chunk)).await {
+        if got.capacity() - got.len() < 4096 {
+            got.reserve(16384);
+        }
+        let n = match tokio::time::timeout(read_timeout, conn.io.read_buf(&mut got)).await {
             Err(_) => return Err((Failure::Timeout, false)),
             Ok(Err(_)) => return Err((Failure::Error, got.is_empty())),
             Ok(Ok(n)) => n,
@@ -506,7 +508,6 @@ where
             tracing::error!("upstream prematurely closed connection while reading response header");
             return Err((Failure::Error, got.is_empty()));
         }
-        got.extend_from_slice(&chunk[..n]);
         let mut storage = [httparse::EMPTY_HEADER; 100];
         let mut resp = httparse::Response::new(&mut storage);
         match resp.parse(&got) {
@@ -590,10 +591,7 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
             "Server".to_string(),
             server_header(s.server_tokens()).to_string(),
         ),
-        (
-            "Date".to_string(),
-            super::http1::date_now(),
-        ),
+        ("Date".to_string(), super::http1::date_now()),
         ("Connection".to_string(), "upgrade".to_string()),
     ];
     for (n, v) in &r.headers {
@@ -674,10 +672,7 @@ async fn deliver<S: AsyncWrite + Unpin>(
         ));
     }
     if !pass.iter().any(|h| h == "date") {
-        headers.push((
-            "Date".to_string(),
-            super::http1::date_now(),
-        ));
+        headers.push(("Date".to_string(), super::http1::date_now()));
     }
     // Content-Type keeps its place first among the upstream's headers, as in nginx.
     if let Some(ct) = r
@@ -730,8 +725,36 @@ async fn deliver<S: AsyncWrite + Unpin>(
         status: r.status,
         headers,
     };
-    let out = head.to_bytes();
+    let mut out = head.to_bytes();
     let head_len = out.len();
+    // The usual small answer is all here already: the upstream goes back first, then head and
+    // body leave in one write, as nginx's writev does.
+    let whole = match r.framing {
+        BodyFraming::Empty => Some(0),
+        BodyFraming::Length(n) if r.leftover.len() as u64 >= n => Some(n as usize),
+        _ => None,
+    };
+    if let Some(n) = whole {
+        let mut body = Body::new(r.framing);
+        body.feed(&r.leftover, &mut Vec::new()).ok();
+        if let Some(conn) = r.conn.take() {
+            release(conn, &mut r, &body, shared);
+        }
+        let sent = if client_head || bodyless { 0 } else { n };
+        out.extend_from_slice(&r.leftover[..sent]);
+        ex.record(r.status, out.len(), sent);
+        let wait = ms(s.send_timeout());
+        return match tokio::time::timeout(wait, async {
+            io.write_all(&out).await?;
+            io.flush().await
+        })
+        .await
+        {
+            Ok(Ok(())) => Ok(keepalive),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        };
+    }
     ex.record(r.status, head_len, 0);
     io.write_all(&out).await?;
     // X-Accel-Buffering from the upstream turns buffering on or off for this response.
