@@ -83,6 +83,7 @@ fn request(host: &str, target: &str) -> Request {
         https: false,
         body_len: None,
         connection: 1,
+        explain: false,
         tls: None,
         requests: 1,
         chunked: false,

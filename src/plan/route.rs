@@ -1078,7 +1078,8 @@ impl<'p> State<'p> {
 
     /// The request that would go upstream.
     fn proxy(&mut self, pass: &Arc<ProxyPass>) -> Outcome {
-        let s = self.conf.settings.clone();
+        let conf = self.conf.clone();
+        let s = &conf.settings;
         let mut url_text = None;
         let (uri_part, host, port, upstream) = if pass.url.has_variables() {
             let url = self.eval(&pass.url);
@@ -1118,7 +1119,7 @@ impl<'p> State<'p> {
             Some(m) => self.eval(&m),
             None => self.req.method.clone(),
         };
-        let headers = self.upstream_headers(&s);
+        let headers = self.upstream_headers(s);
         let mut redirects = Vec::new();
         for r in s.proxy_redirect() {
             match r {
@@ -1200,25 +1201,30 @@ impl<'p> State<'p> {
     /// Headers to the upstream: `proxy_set_header` ones (then nginx's defaults), then the
     /// client's, less those already set and the hop-by-hop ones.
     fn upstream_headers(&self, s: &Settings) -> Vec<(String, String)> {
-        let mut set: Vec<(String, Template)> = s.proxy_set_header();
-        for (name, value) in [
-            ("Host", "$proxy_host"),
-            ("Connection", "close"),
-            ("Content-Length", "$proxy_internal_body_length"),
-            ("Transfer-Encoding", "$proxy_internal_chunked"),
-            ("TE", ""),
-            ("Keep-Alive", ""),
-            ("Expect", ""),
-            ("Upgrade", ""),
-        ] {
-            if !set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                set.push((
-                    name.to_string(),
-                    Template::compile(value).unwrap_or_default(),
-                ));
-            }
-        }
-        let mut out = Vec::new();
+        /// nginx's own headers, after the configured ones unless those name them.
+        static DEFAULTS: std::sync::LazyLock<Vec<(String, Template)>> =
+            std::sync::LazyLock::new(|| {
+                [
+                    ("Host", "$proxy_host"),
+                    ("Connection", "close"),
+                    ("Content-Length", "$proxy_internal_body_length"),
+                    ("Transfer-Encoding", "$proxy_internal_chunked"),
+                    ("TE", ""),
+                    ("Keep-Alive", ""),
+                    ("Expect", ""),
+                    ("Upgrade", ""),
+                ]
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), Template::compile(v).unwrap_or_default()))
+                .collect()
+            });
+        // Borrowed, not through the cloning accessor: this runs for every proxied request.
+        let configured: &[(String, Template)] = s.proxy_set_header.as_deref().unwrap_or(&[]);
+        let defaults = DEFAULTS
+            .iter()
+            .filter(|(name, _)| !configured.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
+        let set: Vec<&(String, Template)> = configured.iter().chain(defaults).collect();
+        let mut out = Vec::with_capacity(set.len() + self.headers.len());
         for (name, value) in &set {
             let v = self.eval(value);
             if !v.is_empty() {

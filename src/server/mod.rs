@@ -123,11 +123,16 @@ pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) 
             paths.prefix.join(p)
         }
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    // One worker: a single-threaded runtime, with none of the work-stealing machinery (as an
+    // nginx worker is one thread).
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portico: [emerg] cannot start the runtime: {e}");
