@@ -750,7 +750,7 @@ impl<'a> Lowerer<'a> {
                 s.large_client_header_buffers = Some((first.parse().unwrap_or(4), size(a[1])))
             }
             "send_timeout" => s.send_timeout = Some(msec(first)),
-            "keepalive_timeout" if level != Level::Http || true => {
+            "keepalive_timeout" => {
                 let header = a.get(1).and_then(|v| parse_time(v, true));
                 s.keepalive_timeout = Some((msec(first), header));
             }
@@ -1227,8 +1227,9 @@ impl<'a> Lowerer<'a> {
             (false, r)
         } else if let Some(r) = raw.strip_prefix("https://") {
             (true, r)
-        } else if url.has_variables() && raw.starts_with('$') {
-            // The scheme comes from a variable: known only per request.
+        } else if url.has_variables() {
+            // nginx checks a URL with variables per request (`http:/$uri` is fine if `$uri`
+            // starts with a slash).
             (false, raw)
         } else {
             self.error_at(

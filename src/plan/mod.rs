@@ -265,7 +265,7 @@ pub struct Upstream {
     pub place: Place,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Peer {
     pub addr: PeerAddr,
     pub weight: u32,

@@ -88,6 +88,9 @@ pub enum Outcome {
         redirects: Vec<Redirect>,
         /// The host and port when the upstream is not a known group (variables in the URL).
         url: Option<String>,
+        /// The evaluated key of the group's `hash`, when it balances by one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hash_key: Option<String>,
         request: UpstreamRequest,
     },
     /// A file (or directory listing / index) under `root`/`alias`.
@@ -147,6 +150,9 @@ pub struct Decision {
     pub trace: Vec<String>,
     /// `add_header` of the final configuration, evaluated: (name, value, always).
     pub add_headers: Vec<(String, String, bool)>,
+    /// `add_header`s whose values need the upstream's answer (`$upstream_addr`): evaluated
+    /// by [`late_headers`] when the answer is sent.
+    pub late_headers: Vec<(String, Template, bool)>,
     /// `scheme://host[:port]` that a relative redirect is made absolute with (nginx's
     /// `absolute_redirect`); empty when it is off.
     pub base: String,
@@ -246,6 +252,21 @@ pub fn error_page(
     if decision.internal && !settings.recursive_error_pages() {
         return None;
     }
+    let st = resume(plan, req, server, decision, known);
+    let mut st = st;
+    let outcome = st.status(status, None);
+    let mut cycles = 0;
+    Some(st.serve_result(outcome, files, &mut cycles))
+}
+
+/// The routing state where `decision` left it, with the variables only the runtime knows.
+fn resume<'p>(
+    plan: &'p Plan,
+    req: &'p Request,
+    server: &'p Server,
+    decision: &Decision,
+    known: Vec<(String, String)>,
+) -> State<'p> {
     let (authority, _) = split_absolute(&req.target);
     let host = authority
         .or_else(|| header(&req.headers, "host"))
@@ -260,9 +281,27 @@ pub fn error_page(
     st.headers = filter_headers(&req.headers, &server.conf);
     st.trace = decision.trace.clone();
     st.vars.extend(known);
-    let outcome = st.status(status, None);
-    let mut cycles = 0;
-    Some(st.serve_result(outcome, files, &mut cycles))
+    st
+}
+
+/// The `add_header`s that needed the upstream's answer, evaluated now that `known` holds it
+/// (`upstream_addr`, `upstream_status`, `upstream_http_NAME`, ...): (name, value, always).
+pub fn late_headers(
+    plan: &Plan,
+    req: &Request,
+    decision: &Decision,
+    known: Vec<(String, String)>,
+) -> Vec<(String, String, bool)> {
+    let Some(server) = plan.servers.get(decision.server) else {
+        return Vec::new();
+    };
+    let st = resume(plan, req, server, decision, known);
+    decision
+        .late_headers
+        .iter()
+        .map(|(n, t, always)| (n.clone(), st.eval(t), *always))
+        .filter(|(_, v, _)| !v.is_empty())
+        .collect()
 }
 
 /// Answers the file questions of `try_files` and `if (-f ...)`.
@@ -365,6 +404,7 @@ fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> De
         args: String::new(),
         trace: vec![why.to_string()],
         add_headers: Vec::new(),
+        late_headers: Vec::new(),
         base: String::new(),
         status: None,
     }
@@ -534,17 +574,22 @@ impl<'p> State<'p> {
     }
 
     fn finish(self, outcome: Outcome) -> Decision {
-        let add_headers = self
-            .conf
-            .settings
-            .add_header()
-            .iter()
-            .map(|h| (h.name.clone(), self.eval(&h.value), h.always))
-            .filter(|(_, v, _)| !v.is_empty())
-            .collect();
+        let mut add_headers = Vec::new();
+        let mut late_headers = Vec::new();
+        for h in self.conf.settings.add_header().iter() {
+            if h.value.uses_upstream() {
+                late_headers.push((h.name.clone(), h.value.clone(), h.always));
+                continue;
+            }
+            let v = self.eval(&h.value);
+            if !v.is_empty() {
+                add_headers.push((h.name.clone(), v, h.always));
+            }
+        }
         let base = self.absolute("/").trim_end_matches('/').to_string();
         Decision {
             add_headers,
+            late_headers,
             base,
             status: None,
             internal: self.internal,
@@ -1083,6 +1128,19 @@ impl<'p> State<'p> {
         let mut url_text = None;
         let (uri_part, host, port, upstream) = if pass.url.has_variables() {
             let url = self.eval(&pass.url);
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                // nginx: "invalid URL prefix", and a 500.
+                tracing::error!("invalid URL prefix in \"{url}\"");
+                if self.explain {
+                    self.trace
+                        .push(format!("proxy_pass: invalid URL prefix in \"{url}\": 500"));
+                }
+                return Outcome::Return {
+                    status: 500,
+                    headers: Vec::new(),
+                    body: None,
+                };
+            }
             let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
             let (authority, uri) = super::lower::split_authority(rest);
             let default = if url.starts_with("https://") { 443 } else { 80 };
@@ -1114,6 +1172,16 @@ impl<'p> State<'p> {
             (pass.uri.clone(), pass.host.clone(), pass.port, name)
         };
         self.proxy = Some((host, port));
+        let hash_key = self
+            .plan
+            .upstreams
+            .iter()
+            .find(|u| u.name == upstream)
+            .and_then(|u| match &u.balance {
+                super::Balance::Hash { key, .. } => Some(key),
+                _ => None,
+            })
+            .map(|key| self.eval(key));
         let target = self.upstream_target(pass, uri_part.as_deref());
         let method = match s.proxy_method() {
             Some(m) => self.eval(&m),
@@ -1156,6 +1224,7 @@ impl<'p> State<'p> {
             redirects,
             pass: pass.clone(),
             url: url_text,
+            hash_key,
             request: UpstreamRequest {
                 method,
                 target,
@@ -1335,7 +1404,12 @@ impl Resolve for State<'_> {
                 }
                 Cow::Borrowed(found?)
             }
-            Var::SentHttp(_) | Var::UpstreamHttp(_) => return None,
+            Var::SentHttp(_) => return None,
+            Var::UpstreamHttp(name) => {
+                // Known once the upstream has answered (see `late_headers`).
+                let v = self.vars.get(&format!("upstream_http_{name}"))?;
+                Cow::Borrowed(v.as_str())
+            }
             Var::Named(name) => {
                 if let Some(v) = self.vars.get(name) {
                     return Some(Cow::Borrowed(v.as_str()));

@@ -180,6 +180,16 @@ impl Template {
         self.as_literal().is_none()
     }
 
+    /// Whether the value needs what only the upstream's answer tells (`$upstream_*`): such an
+    /// `add_header` is evaluated when the answer is sent, not when the request is routed.
+    pub fn uses_upstream(&self) -> bool {
+        self.parts.iter().any(|p| match p {
+            Part::Var(Var::UpstreamHttp(_)) => true,
+            Part::Var(Var::Named(n)) => n.starts_with("upstream_"),
+            _ => false,
+        })
+    }
+
     pub fn uses_captures(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Capture(_)))
     }

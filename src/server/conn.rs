@@ -220,23 +220,19 @@ where
 {
     // Boxed: the page may be proxied again, and its errors served here again.
     Box::pin(async move {
-        let known = ex
-            .served
-            .lock()
-            .map(|s| {
-                let mut v = Vec::new();
-                if let Some(a) = &s.upstream_addr {
-                    v.push(("upstream_addr".to_string(), a.clone()));
-                }
-                if let Some(st) = s.upstream_status {
-                    v.push(("upstream_status".to_string(), st.to_string()));
-                }
-                v
-            })
-            .unwrap_or_default();
-        let Some(page) = route::error_page(plan, ex.request, decision, status, &RealFiles, known)
-        else {
-            error_response(io, status, ex.conf, ex.keepalive).await?;
+        let known = known_vars(ex);
+        let Some(page) = route::error_page(
+            plan,
+            ex.request,
+            decision,
+            status,
+            &RealFiles,
+            known.clone(),
+        ) else {
+            // nginx's own page, with the `add_header ... always` of the location.
+            let mut extra = add_headers(ex, status);
+            extra.extend(late_headers(ex, decision, plan, status, known));
+            error_page_with(io, status, ex.conf, ex.keepalive, extra).await?;
             ex.record(status, 0, 0);
             return Ok(ex.keepalive);
         };
@@ -255,13 +251,18 @@ where
         };
         let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
         if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
-            let upstream = outer.clone();
+            let before = outer.clone();
             *outer = served.clone();
-            if outer.upstream_addr.is_none() {
-                outer.upstream_addr = upstream.upstream_addr;
-                outer.upstream_status = upstream.upstream_status;
-                outer.upstream_time = upstream.upstream_time;
+            // The page's own upstream attempts follow the first ones, after " : ".
+            let mut states = before.upstreams;
+            let first_inner = states.len();
+            states.extend(outer.upstreams.drain(..));
+            if let Some(u) = states.get_mut(first_inner)
+                && first_inner > 0
+            {
+                u.redirected = true;
             }
+            outer.upstreams = states;
         }
         result
     })
@@ -500,6 +501,60 @@ pub async fn error_response<S: AsyncWrite + Unpin>(
     conf: &LocConf,
     keepalive: bool,
 ) -> std::io::Result<()> {
+    error_page_with(io, status, conf, keepalive, Vec::new()).await
+}
+
+/// The variables only the runtime knows once an upstream was tried (`$upstream_addr`,
+/// `$upstream_status`), for what is evaluated after it.
+pub fn known_vars(ex: &Exchange<'_>) -> Vec<(String, String)> {
+    const NAMES: [&str; 5] = [
+        "upstream_addr",
+        "upstream_status",
+        "upstream_connect_time",
+        "upstream_header_time",
+        "upstream_response_time",
+    ];
+    ex.served
+        .lock()
+        .map(|s| {
+            NAMES
+                .iter()
+                .filter_map(|n| Some((n.to_string(), s.upstream_var(n)?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `add_header`s that needed the upstream (`$upstream_addr`), for an answer of `status`.
+pub fn late_headers(
+    ex: &Exchange<'_>,
+    decision: &route::Decision,
+    plan: &Plan,
+    status: u16,
+    known: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    if decision.late_headers.is_empty() {
+        return Vec::new();
+    }
+    let applies = matches!(
+        status,
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    );
+    route::late_headers(plan, ex.request, decision, known)
+        .into_iter()
+        .filter(|(_, _, always)| applies || *always)
+        .map(|(n, v, _)| (n, v))
+        .collect()
+}
+
+/// nginx's own error page for `status` with `extra` headers after nginx's.
+async fn error_page_with<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    status: u16,
+    conf: &LocConf,
+    keepalive: bool,
+    extra: Vec<(String, String)>,
+) -> std::io::Result<()> {
     let tokens = conf.settings.server_tokens();
     let shown = match status {
         494..=497 => 400,
@@ -516,6 +571,8 @@ pub async fn error_response<S: AsyncWrite + Unpin>(
             if keepalive { "keep-alive" } else { "close" }.to_string(),
         ),
     ];
+    let mut headers = headers;
+    headers.extend(extra);
     let head = http1::ResponseHead {
         version: (1, 1),
         status: shown,

@@ -91,9 +91,55 @@ pub struct Served {
     pub status: u16,
     pub bytes_sent: u64,
     pub body_bytes_sent: u64,
-    pub upstream_addr: Option<String>,
-    pub upstream_status: Option<u16>,
-    pub upstream_time: Option<Duration>,
+    /// One entry per upstream tried, in order (nginx's `upstream_states`).
+    pub upstreams: Vec<UpstreamState>,
+}
+
+/// One attempt on an upstream server, for the `$upstream_*` variables.
+#[derive(Clone, Debug)]
+pub struct UpstreamState {
+    /// The server's address, or the group's name when none could be tried.
+    pub addr: String,
+    /// Its answer's status; 502/504 when it gave none.
+    pub status: Option<u16>,
+    pub started: std::time::Instant,
+    pub connect: Option<Duration>,
+    pub header: Option<Duration>,
+    pub response: Option<Duration>,
+    /// Reached through an internal redirect (an `error_page`): nginx separates it with " : ".
+    pub redirected: bool,
+}
+
+impl Served {
+    /// `$upstream_addr`, `$upstream_status`, `$upstream_*_time`, as nginx joins them
+    /// (", " between attempts, " : " across an internal redirect); `None` when no upstream
+    /// was tried.
+    pub fn upstream_var(&self, name: &str) -> Option<String> {
+        if self.upstreams.is_empty() {
+            return None;
+        }
+        let time = |t: Option<Duration>| {
+            t.map_or("-".to_string(), |t| {
+                format!("{}.{:03}", t.as_secs(), t.subsec_millis())
+            })
+        };
+        let mut out = String::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if i > 0 {
+                out.push_str(if u.redirected { " : " } else { ", " });
+            }
+            let v = match name {
+                "upstream_addr" => u.addr.clone(),
+                "upstream_status" => u.status.map_or("-".to_string(), |s| s.to_string()),
+                "upstream_connect_time" => time(u.connect),
+                "upstream_header_time" => time(u.header),
+                "upstream_response_time" => time(u.response),
+                _ => return None,
+            };
+            out.push_str(&v);
+        }
+        Some(out)
+    }
 }
 
 pub struct Entry<'a> {
@@ -261,12 +307,11 @@ impl Resolve for Entry<'_> {
                     Cow::Owned(format!("{}.{:03}", t.as_secs(), t.subsec_millis()))
                 }
                 "remote_user" => return None,
-                "upstream_addr" => Cow::Owned(self.served.upstream_addr.clone()?),
-                "upstream_status" => Cow::Owned(self.served.upstream_status?.to_string()),
-                "upstream_response_time" | "upstream_header_time" | "upstream_connect_time" => {
-                    let t = self.served.upstream_time?;
-                    Cow::Owned(format!("{}.{:03}", t.as_secs(), t.subsec_millis()))
-                }
+                "upstream_addr"
+                | "upstream_status"
+                | "upstream_response_time"
+                | "upstream_header_time"
+                | "upstream_connect_time" => Cow::Owned(self.served.upstream_var(n)?),
                 "connection" => Cow::Owned(self.connection.to_string()),
                 "connection_requests" => Cow::Owned(self.requests.to_string()),
                 "pid" => Cow::Owned(std::process::id().to_string()),

@@ -17,7 +17,9 @@ use super::Shared;
 use super::body::{BodyError, BodyReader, Decoder, Pipe, Spool};
 use super::conn::{Exchange, add_headers, error_response, keepalive_header, linger, server_header};
 use super::http1::{self, Framing};
+use super::log::UpstreamState;
 use super::pool::{Conn, Stream};
+use super::upstreams::Lease;
 use crate::plan::route::{Decision, Outcome};
 use crate::plan::{Keepalive, Peer, PeerAddr, Plan, Settings};
 
@@ -66,6 +68,7 @@ where
         url,
         pass,
         redirects,
+        hash_key,
     } = &decision.outcome
     else {
         return Ok(false);
@@ -108,48 +111,119 @@ where
     };
     let group = plan.upstreams.iter().find(|u| u.name == *upstream);
     let keepalive = group.and_then(|g| g.keepalive.clone());
-    let peers: Vec<Peer> = match group {
-        Some(group) if url.is_none() || !group.implicit => shared.upstreams.order(group),
-        _ => direct_peer(upstream, pass.https).into_iter().collect(),
+    let cap = s.proxy_next_upstream_tries() as usize;
+    // A known group is balanced; a URL with variables naming none is one server, resolved now.
+    let mut selection = match group {
+        Some(group) if url.is_none() || !group.implicit => Some(shared.upstreams.select(
+            group,
+            Some(ex.request.remote.ip()),
+            hash_key.as_deref(),
+            cap,
+        )),
+        _ => None,
+    };
+    let mut direct = match selection {
+        None => direct_peer(upstream, pass.https),
+        Some(_) => None,
     };
     let head = request_head(request, ex.framing, &body);
     let next = s.proxy_next_upstream();
-    let tries = match s.proxy_next_upstream_tries() {
-        0 => usize::MAX,
-        n => n as usize,
-    };
     let idempotent = !matches!(ex.head.method.as_str(), "POST" | "LOCK" | "PATCH");
     let head_only = request.method == "HEAD";
     let mut last = Failure::Error;
-    let mut held: Option<Response> = None;
-    let attempts: Vec<&Peer> = peers.iter().take(tries).collect();
     let started = Instant::now();
     let give_up = match s.proxy_next_upstream_timeout() {
         0 => None,
         t => Some(started + ms(t)),
     };
-    let mut tried: Vec<String> = Vec::new();
-    for (n, peer) in attempts.iter().enumerate() {
-        let more = n + 1 < attempts.len() && give_up.is_none_or(|t| Instant::now() < t);
-        tried.push(peer.addr.to_string());
+    // nginx's upstream_states: one per attempt, for the `$upstream_*` variables.
+    let mut states: Vec<UpstreamState> = Vec::new();
+    let state = |addr: String| UpstreamState {
+        addr,
+        status: None,
+        started: Instant::now(),
+        connect: None,
+        header: None,
+        response: None,
+        redirected: false,
+    };
+    loop {
+        // nginx's peer.get: none left that can be tried is "no live upstreams", a 502.
+        let (peer, mut lease) = match selection.as_mut() {
+            Some(sel) => match sel.next() {
+                Some(lease) => (lease.peer.clone(), Some(lease)),
+                None => {
+                    tracing::error!(upstream = %upstream, "no live upstreams");
+                    // $upstream_addr names the group then, as nginx's does.
+                    let mut st = state(upstream.to_string());
+                    st.status = Some(502);
+                    st.response = Some(Duration::ZERO);
+                    states.push(st);
+                    last = Failure::Error;
+                    break;
+                }
+            },
+            None => match direct.take() {
+                Some(peer) => (peer, None),
+                None => break,
+            },
+        };
+        // The previous attempt ends where this one starts.
+        if let Some(prev) = states.last_mut() {
+            prev.response.get_or_insert(prev.started.elapsed());
+        }
+        states.push(state(peer.addr.to_string()));
+        let mut connected = None;
         let target = Target {
             group: upstream,
-            peer,
+            peer: &peer,
             keepalive: keepalive.as_ref(),
             https: pass.https,
         };
-        match attempt(&target, &head, &mut body, io, buf, s, shared, head_only).await {
+        let outcome = attempt(
+            &target,
+            &head,
+            &mut body,
+            io,
+            buf,
+            s,
+            shared,
+            head_only,
+            &mut connected,
+        )
+        .await;
+        if let Some(st) = states.last_mut() {
+            st.connect = connected.map(|t: Instant| t.duration_since(st.started));
+            match &outcome {
+                Ok(r) => {
+                    st.status = Some(r.status);
+                    st.header = Some(st.started.elapsed());
+                }
+                Err(Failure::Timeout) => st.status = Some(504),
+                Err(_) => st.status = Some(502),
+            }
+        }
+        // nginx's peer.free, then its ngx_http_upstream_next: another server only while
+        // tries are left and proxy_next_upstream_timeout has not passed.
+        let mut report = |failed: bool| match (lease.as_mut(), selection.as_mut()) {
+            (Some(lease), Some(sel)) => {
+                lease.report(failed, sel);
+                sel.tries_left() && give_up.is_none_or(|t| Instant::now() < t)
+            }
+            _ => false,
+        };
+        match outcome {
             Ok(mut response) => {
                 // proxy_next_upstream http_5xx/403/404/429: try the next server; 500, 502,
                 // 503, 504 and 429 also count as the server's failure.
                 let next_on = next.on_status(response.status);
                 let failure = next_on && matches!(response.status, 500 | 502 | 503 | 504 | 429);
-                shared.upstreams.report(upstream, peer, failure);
+                let more = report(failure);
                 if next_on && more && (idempotent || next.non_idempotent) && body.replayable() {
-                    held = Some(response);
                     continue;
                 }
-                note_upstream(ex, &tried, Some(response.status), started);
+                response.lease = lease;
+                note_upstream(ex, &states);
                 // proxy_intercept_errors: an error with an error_page gets the page instead.
                 if response.status >= 300
                     && s.proxy_intercept_errors()
@@ -181,15 +255,24 @@ where
                 if response.status == 101 {
                     return tunnel(io, buf, ex, response).await;
                 }
-                return deliver(io, ex, response, plan, shared).await;
+                return deliver(io, ex, decision, response, plan, shared).await;
             }
             Err(Failure::Client(status)) => {
-                note_upstream(ex, &tried, None, started);
+                note_upstream(ex, &states);
                 return client_failed(io, ex, BodyError::Refused(status)).await;
             }
-            Err(Failure::ClientGone(e)) => return Err(e),
+            Err(Failure::ClientGone(e)) => {
+                // nginx logs 499 for a client that left before the answer.
+                if let Some(st) = states.last_mut() {
+                    st.status = None;
+                    st.response.get_or_insert(st.started.elapsed());
+                }
+                note_upstream(ex, &states);
+                ex.record(499, 0, 0);
+                return Err(e);
+            }
             Err(f) => {
-                shared.upstreams.report(upstream, peer, true);
+                let more = report(true);
                 let retry = match f {
                     Failure::Timeout => next.timeout,
                     _ => next.error,
@@ -201,16 +284,14 @@ where
             }
         }
     }
-    if let Some(mut response) = held {
-        rewrite_redirects(&mut response, redirects, &decision.base);
-        note_upstream(ex, &tried, Some(response.status), started);
-        return deliver(io, ex, response, plan, shared).await;
-    }
     let status = match last {
         Failure::Timeout => 504,
         _ => 502,
     };
-    note_upstream(ex, &tried, None, started);
+    if let Some(last) = states.last_mut() {
+        last.response.get_or_insert(last.started.elapsed());
+    }
+    note_upstream(ex, &states);
     super::conn::serve_error(io, buf, ex, decision, plan, shared, status, Vec::new()).await
 }
 
@@ -329,6 +410,8 @@ struct Response {
     reusable: bool,
     /// Where the connection goes back to, if its group keeps idle connections.
     pool: Option<(String, String, Keepalive)>,
+    /// The balancer's count of this connection to its server (`least_conn`, `max_conns`).
+    lease: Option<Lease>,
 }
 
 impl Response {
@@ -373,6 +456,7 @@ async fn attempt<S>(
     s: &Settings,
     shared: &Shared,
     head_only: bool,
+    connected: &mut Option<Instant>,
 ) -> Result<Response, Failure>
 where
     S: AsyncRead + Unpin,
@@ -384,7 +468,10 @@ where
     loop {
         let reused = pooled.is_some();
         let conn = match pooled.take() {
-            Some(c) => c,
+            Some(c) => {
+                *connected = Some(Instant::now());
+                c
+            }
             None => match tokio::time::timeout(
                 ms(s.proxy_connect_timeout()),
                 connect(target.peer, target.https),
@@ -396,11 +483,14 @@ where
                     tracing::error!(peer = %key, error = %e, "connect() to upstream failed");
                     return Err(Failure::Error);
                 }
-                Ok(Ok(io)) => Conn {
-                    io,
-                    requests: 0,
-                    opened: Instant::now(),
-                },
+                Ok(Ok(io)) => {
+                    *connected = Some(Instant::now());
+                    Conn {
+                        io,
+                        requests: 0,
+                        opened: Instant::now(),
+                    }
+                }
             },
         };
         match exchange(conn, head, body, io, buf, s, head_only).await {
@@ -495,14 +585,31 @@ where
     let read_timeout = ms(s.proxy_read_timeout());
     let limit = (s.proxy_buffer_size() as usize).max(1024);
     let mut got = Vec::with_capacity(16384);
+    let watch_client = !s.proxy_ignore_client_abort();
     let (status, version, headers, consumed) = loop {
         if got.capacity() - got.len() < 4096 {
             got.reserve(16384);
         }
-        let n = match tokio::time::timeout(read_timeout, conn.io.read_buf(&mut got)).await {
-            Err(_) => return Err((Failure::Timeout, false)),
-            Ok(Err(_)) => return Err((Failure::Error, got.is_empty())),
-            Ok(Ok(n)) => n,
+        // While the upstream thinks, a client that closes ends the request (nginx's broken
+        // connection check, 499); what a client sends meanwhile is its next request, kept.
+        let read = tokio::time::timeout(read_timeout, conn.io.read_buf(&mut got));
+        let n = tokio::select! {
+            r = read => match r {
+                Err(_) => return Err((Failure::Timeout, false)),
+                Ok(Err(_)) => return Err((Failure::Error, got.is_empty())),
+                Ok(Ok(n)) => n,
+            },
+            c = io.read_buf(buf), if watch_client && buf.len() < 65536 => match c {
+                Ok(0) => {
+                    let gone = std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "client prematurely closed connection",
+                    );
+                    return Err((Failure::ClientGone(gone), false));
+                }
+                Err(e) => return Err((Failure::ClientGone(e), false)),
+                Ok(_) => continue,
+            },
         };
         if n == 0 {
             tracing::error!("upstream prematurely closed connection while reading response header");
@@ -567,6 +674,7 @@ where
         && framing != BodyFraming::Close
         && !find("connection").is_some_and(|v| v.contains("close"));
     Ok(Response {
+        lease: None,
         status,
         headers,
         leftover,
@@ -638,6 +746,7 @@ enum ClientFraming {
 async fn deliver<S: AsyncWrite + Unpin>(
     io: &mut S,
     ex: &Exchange<'_>,
+    decision: &Decision,
     mut r: Response,
     plan: &Arc<Plan>,
     shared: &Shared,
@@ -720,6 +829,16 @@ async fn deliver<S: AsyncWrite + Unpin>(
         }
     }
     headers.extend(add_headers(ex, r.status));
+    if !decision.late_headers.is_empty() {
+        let mut known = super::conn::known_vars(ex);
+        for (n, v) in &r.headers {
+            let name = n.to_ascii_lowercase().replace('-', "_");
+            known.push((format!("upstream_http_{name}"), v.clone()));
+        }
+        headers.extend(super::conn::late_headers(
+            ex, decision, plan, r.status, known,
+        ));
+    }
     let head = http1::ResponseHead {
         version: ex.head.version,
         status: r.status,
@@ -740,6 +859,8 @@ async fn deliver<S: AsyncWrite + Unpin>(
         if let Some(conn) = r.conn.take() {
             release(conn, &mut r, &body, shared);
         }
+        r.lease = None;
+        upstream_done(ex);
         let sent = if client_head || bodyless { 0 } else { n };
         out.extend_from_slice(&r.leftover[..sent]);
         ex.record(r.status, out.len(), sent);
@@ -774,7 +895,7 @@ async fn deliver<S: AsyncWrite + Unpin>(
     } else {
         Some(framing == ClientFraming::Chunked)
     };
-    let (sent, whole) = pump(io, &mut r, send, buffering, s, plan, shared).await?;
+    let (sent, whole) = pump(io, ex, &mut r, send, buffering, plan, shared).await?;
     ex.record(r.status, head_len + sent as usize, sent as usize);
     io.flush().await?;
     Ok(keepalive && whole)
@@ -785,13 +906,14 @@ async fn deliver<S: AsyncWrite + Unpin>(
 /// came whole (a truncated one ends the client connection, as in nginx).
 async fn pump<S: AsyncWrite + Unpin>(
     io: &mut S,
+    ex: &Exchange<'_>,
     r: &mut Response,
     send: Option<bool>,
     buffering: bool,
-    s: &Settings,
     plan: &Plan,
     shared: &Shared,
 ) -> std::io::Result<(u64, bool)> {
+    let s = &ex.conf.settings;
     let (mem, max_file) = if buffering {
         let (n, size) = s.proxy_buffers();
         ((n * size) as usize, s.proxy_max_temp_file_size())
@@ -826,6 +948,7 @@ async fn pump<S: AsyncWrite + Unpin>(
     let send_timeout = ms(s.send_timeout());
     let mut rbuf = vec![0u8; 32768];
     let mut sent = 0u64;
+    let mut upstream_finished = false;
     loop {
         if whole && body.done() && up.is_some() {
             // Released before the client has it all: back to the pool, or closed.
@@ -835,6 +958,12 @@ async fn pump<S: AsyncWrite + Unpin>(
             if let Some(conn) = up.take() {
                 release(conn, r, &body, shared);
             }
+        }
+        if up.is_none() && !upstream_finished {
+            // Done with the upstream (nginx frees the peer here): no longer its connection.
+            r.lease = None;
+            upstream_done(ex);
+            upstream_finished = true;
         }
         if up.is_none() && pipe.is_empty() {
             break;
@@ -973,16 +1102,18 @@ impl Body {
 }
 
 /// `$upstream_addr`, `$upstream_status`, `$upstream_response_time` for the access log.
-fn note_upstream(
-    ex: &Exchange<'_>,
-    tried: &[String],
-    status: Option<u16>,
-    started: std::time::Instant,
-) {
+/// The upstream has sent all it will: its `$upstream_response_time` is known.
+fn upstream_done(ex: &Exchange<'_>) {
+    if let Ok(mut s) = ex.served.lock()
+        && let Some(last) = s.upstreams.last_mut()
+    {
+        last.response.get_or_insert(last.started.elapsed());
+    }
+}
+
+fn note_upstream(ex: &Exchange<'_>, states: &[UpstreamState]) {
     if let Ok(mut s) = ex.served.lock() {
-        s.upstream_addr = Some(tried.join(", "));
-        s.upstream_status = status;
-        s.upstream_time = Some(started.elapsed());
+        s.upstreams = states.to_vec();
     }
 }
 

@@ -1,111 +1,566 @@
-//! Upstream state that outlives a plan: the balancer's position in each group and each
-//! server's recent failures, keyed by the group's name and the server's address, so that a
-//! reload with the same group keeps its rotation and its view of which servers are down.
+//! Upstream state that outlives a plan: each group's balancer state (smooth weighted
+//! round-robin weights, active connections, passive health), keyed by the group's name, so a
+//! reload that keeps a group keeps its rotation, its connection counts and its view of which
+//! servers are down.
+//!
+//! The selection follows nginx's peer modules step by step (`ngx_http_upstream_round_robin.c`
+//! and the `least_conn`, `ip_hash`, `hash`, `random` modules): a [`Selection`] is one request's
+//! walk through the group, a [`Lease`] one attempt on one server. A server is skipped when it
+//! is `down`, out after `max_fails` failures within `fail_timeout`, at its `max_conns`, or
+//! already tried by this request; backups are tried when no primary server can be.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::plan::{Peer, Upstream};
+use crate::plan::{Balance, Peer, PeerAddr, Upstream};
 
 #[derive(Default)]
 pub struct Upstreams {
-    groups: Mutex<HashMap<String, Rotation>>,
-    health: Mutex<HashMap<(String, String), Health>>,
+    groups: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
 }
 
-/// nginx's smooth weighted round-robin state.
-#[derive(Default)]
-struct Rotation {
-    current: HashMap<String, i64>,
+/// One group's state. Rebuilt when the plan's group changes, carrying each server's health
+/// and connection count over by address.
+struct Group {
+    servers: Vec<Peer>,
+    tiers: [Tier; 2],
+    /// `hash ... consistent`: the ring of (point, primary index), sorted, points unique.
+    ring: Vec<(u32, usize)>,
 }
 
-/// Passive health: `max_fails` failures within `fail_timeout` take a server out for
-/// `fail_timeout`.
 #[derive(Default)]
-struct Health {
+struct Tier {
+    peers: Vec<Slot>,
+    total_weight: u64,
+}
+
+/// nginx's `ngx_http_upstream_rr_peer_t`, less the address.
+struct Slot {
+    peer: Peer,
+    current_weight: i64,
+    effective_weight: i64,
+    conns: u32,
     fails: u32,
-    since: Option<Instant>,
+    /// When the last failure happened.
+    accessed: Option<Instant>,
+    /// When the server was last failed or given a new chance.
+    checked: Option<Instant>,
+}
+
+impl Slot {
+    fn new(peer: &Peer) -> Slot {
+        Slot {
+            peer: peer.clone(),
+            current_weight: 0,
+            effective_weight: peer.weight as i64,
+            conns: 0,
+            fails: 0,
+            accessed: None,
+            checked: None,
+        }
+    }
+
+    /// Out after failures: `max_fails` reached and `fail_timeout` not yet over.
+    fn failed(&self, now: Instant) -> bool {
+        self.peer.max_fails != 0
+            && self.fails >= self.peer.max_fails
+            && self
+                .checked
+                .is_some_and(|t| now.duration_since(t) <= secs(self.peer.fail_timeout))
+    }
+
+    fn full(&self) -> bool {
+        self.peer.max_conns != 0 && self.conns >= self.peer.max_conns
+    }
+
+    /// Can be given this request (ignoring whether it was tried).
+    fn usable(&self, now: Instant) -> bool {
+        !self.peer.down && !self.failed(now) && !self.full()
+    }
+
+    /// Chosen: a server whose time out is over gets its new chance now.
+    fn chosen(&mut self, now: Instant) {
+        if self
+            .checked
+            .is_none_or(|t| now.duration_since(t) > secs(self.peer.fail_timeout))
+        {
+            self.checked = Some(now);
+        }
+        self.conns += 1;
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+impl Group {
+    fn new(up: &Upstream, old: Option<&Group>) -> Group {
+        let mut tiers = [Tier::default(), Tier::default()];
+        for peer in &up.servers {
+            let tier = &mut tiers[peer.backup as usize];
+            let mut slot = Slot::new(peer);
+            // The same server in the old group keeps its health and its connection count.
+            if let Some(o) = old.and_then(|g| g.find(&peer.addr, peer.backup)) {
+                slot.conns = o.conns;
+                slot.fails = o.fails;
+                slot.accessed = o.accessed;
+                slot.checked = o.checked;
+            }
+            tier.total_weight += peer.weight as u64;
+            tier.peers.push(slot);
+        }
+        let ring = match up.balance {
+            Balance::Hash {
+                consistent: true, ..
+            } => ring(&tiers[0]),
+            _ => Vec::new(),
+        };
+        Group {
+            servers: up.servers.clone(),
+            tiers,
+            ring,
+        }
+    }
+
+    fn find(&self, addr: &PeerAddr, backup: bool) -> Option<&Slot> {
+        self.tiers[backup as usize]
+            .peers
+            .iter()
+            .find(|s| s.peer.addr == *addr)
+    }
+
+    /// One primary server and no backup: nginx's `single`, tried whatever its health.
+    fn single(&self) -> bool {
+        self.tiers[0].peers.len() == 1 && self.tiers[1].peers.is_empty()
+    }
+}
+
+/// The consistent-hash ring, as nginx builds it (compatible with Cache::Memcached::Fast):
+/// 160 points per unit of weight, each the CRC32 of `HOST \0 PORT` and the previous point.
+fn ring(tier: &Tier) -> Vec<(u32, usize)> {
+    let mut points = Vec::new();
+    for (i, slot) in tier.peers.iter().enumerate() {
+        let (host, port) = match &slot.peer.addr {
+            PeerAddr::Unix { path } => (path.clone(), String::new()),
+            PeerAddr::Tcp { host, port } if host.contains(':') => {
+                (format!("[{host}]"), port.to_string())
+            }
+            PeerAddr::Tcp { host, port } => (host.clone(), port.to_string()),
+        };
+        let mut base = crc32fast::Hasher::new();
+        base.update(host.as_bytes());
+        base.update(b"\0");
+        base.update(port.as_bytes());
+        let mut prev: u32 = 0;
+        for _ in 0..slot.peer.weight as usize * 160 {
+            let mut h = base.clone();
+            h.update(&prev.to_le_bytes());
+            prev = h.finalize();
+            points.push((prev, i));
+        }
+    }
+    points.sort_by_key(|&(h, _)| h);
+    points.dedup_by_key(|&mut (h, _)| h);
+    points
+}
+
+/// The balancing method with what this request brings to it.
+enum Method {
+    RoundRobin,
+    LeastConn,
+    /// The client address bytes nginx hashes (three octets of IPv4, all of IPv6), and the
+    /// running hash.
+    IpHash {
+        addr: Vec<u8>,
+        hash: u64,
+    },
+    Hash {
+        key: String,
+        hash: u64,
+        rehash: u64,
+    },
+    /// The point on the ring to start from.
+    Consistent {
+        point: usize,
+    },
+    Random {
+        two: bool,
+    },
+}
+
+/// One request's walk through a group.
+pub struct Selection {
+    group: Arc<Mutex<Group>>,
+    method: Method,
+    /// Which tier is being tried (0 primary, 1 backup), and which of its servers were.
+    tier: usize,
+    tried: Vec<bool>,
+    /// Attempts a hash method made before falling back to round-robin (nginx allows 20).
+    hash_tries: u32,
+    /// Attempts left: the number of servers, capped by `proxy_next_upstream_tries`.
+    tries: usize,
+}
+
+/// One attempt on one server: counts as a connection to it until dropped.
+pub struct Lease {
+    group: Arc<Mutex<Group>>,
+    tier: usize,
+    index: usize,
+    pub peer: Peer,
+    reported: bool,
 }
 
 impl Upstreams {
-    fn available(&self, group: &str, p: &Peer) -> bool {
-        if p.max_fails == 0 {
-            return true;
-        }
-        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        match health.get(&(group.to_string(), p.addr.to_string())) {
-            Some(h) if h.fails >= p.max_fails => h
-                .since
-                .is_some_and(|t| t.elapsed() >= Duration::from_secs(p.fail_timeout)),
-            _ => true,
-        }
-    }
-
-    /// Records the outcome of an attempt on `peer` of `group`.
-    pub fn report(&self, group: &str, peer: &Peer, failed: bool) {
-        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        let h = health
-            .entry((group.to_string(), peer.addr.to_string()))
-            .or_default();
-        if failed {
-            let window = Duration::from_secs(peer.fail_timeout);
-            if h.since.is_none_or(|t| t.elapsed() >= window) {
-                h.fails = 0;
+    fn group(&self, up: &Upstream) -> Arc<Mutex<Group>> {
+        let mut groups = lock(&self.groups);
+        if let Some(g) = groups.get(&up.name) {
+            let mut state = lock(g);
+            if state.servers == up.servers {
+                drop(state);
+                return g.clone();
             }
-            h.fails += 1;
-            h.since = Some(Instant::now());
-        } else if h.fails < peer.max_fails || peer.max_fails == 0 {
-            h.fails = 0;
-            h.since = None;
-        } else {
-            // A server back after its time out: one success brings it back.
-            h.fails = 0;
-            h.since = None;
+            // The group changed under the same name (a reload): carry what can be carried.
+            *state = Group::new(up, Some(&state));
+            drop(state);
+            return g.clone();
         }
+        let g = Arc::new(Mutex::new(Group::new(up, None)));
+        groups.insert(up.name.clone(), g.clone());
+        g
     }
 
-    /// The servers to try for one request, in order: the weighted round-robin choice first,
-    /// then the other live ones (for `proxy_next_upstream`), backups last. Servers marked
-    /// `down` or out after failures are left out.
-    pub fn order(&self, group: &Upstream) -> Vec<Peer> {
-        let live = |p: &&Peer| !p.down && self.available(&group.name, p);
-        let primary: Vec<&Peer> = group
-            .servers
-            .iter()
-            .filter(|p| !p.backup)
-            .filter(live)
-            .collect();
-        let backup: Vec<&Peer> = group
-            .servers
-            .iter()
-            .filter(|p| p.backup)
-            .filter(live)
-            .collect();
-        let mut out = Vec::new();
-        if !primary.is_empty() {
-            let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-            let rot = groups.entry(group.name.clone()).or_default();
-            let total: i64 = primary.iter().map(|p| p.weight as i64).sum();
-            let mut best: Option<(usize, i64)> = None;
-            for (i, p) in primary.iter().enumerate() {
-                let cw = rot.current.entry(p.addr.to_string()).or_insert(0);
-                *cw += p.weight as i64;
-                if best.is_none_or(|(_, b)| *cw > b) {
-                    best = Some((i, *cw));
+    /// Starts one request's selection in `up`. `client` feeds `ip_hash`; `key` is the
+    /// evaluated `hash` key. `cap` is `proxy_next_upstream_tries` (0: no cap).
+    pub fn select(
+        &self,
+        up: &Upstream,
+        client: Option<IpAddr>,
+        key: Option<&str>,
+        cap: usize,
+    ) -> Selection {
+        let group = self.group(up);
+        let primary = {
+            let g = lock(&group);
+            g.tiers[0].peers.len()
+        };
+        let method = match &up.balance {
+            Balance::RoundRobin => Method::RoundRobin,
+            Balance::LeastConn => Method::LeastConn,
+            Balance::IpHash => Method::IpHash {
+                addr: match client {
+                    Some(IpAddr::V4(a)) => a.octets()[..3].to_vec(),
+                    Some(IpAddr::V6(a)) => a.octets().to_vec(),
+                    None => vec![0; 3],
+                },
+                hash: 89,
+            },
+            Balance::Hash {
+                consistent: false, ..
+            } => Method::Hash {
+                key: key.unwrap_or_default().to_string(),
+                hash: 0,
+                rehash: 0,
+            },
+            Balance::Hash {
+                consistent: true, ..
+            } => {
+                let g = lock(&group);
+                let h = crc32fast::hash(key.unwrap_or_default().as_bytes());
+                // The first point at or after the key's hash (may be one past the end).
+                let point = g.ring.partition_point(|&(p, _)| p < h);
+                if key.unwrap_or_default().is_empty() {
+                    Method::RoundRobin
+                } else {
+                    Method::Consistent { point }
                 }
             }
-            let (b, _) = best.expect("primary is not empty");
-            if let Some(cw) = rot.current.get_mut(&primary[b].addr.to_string()) {
-                *cw -= total;
+            Balance::Random { two } => Method::Random { two: *two },
+        };
+        let method = match method {
+            Method::Hash { ref key, .. } if key.is_empty() => Method::RoundRobin,
+            m => m,
+        };
+        // nginx counts the servers not marked `down`.
+        let mut tries = {
+            let g = lock(&group);
+            g.tiers
+                .iter()
+                .flat_map(|t| &t.peers)
+                .filter(|s| !s.peer.down)
+                .count()
+        };
+        if cap != 0 {
+            tries = tries.min(cap);
+        }
+        Selection {
+            group,
+            method,
+            tier: 0,
+            tried: vec![false; primary],
+            hash_tries: 0,
+            tries,
+        }
+    }
+}
+
+impl Selection {
+    /// Whether another attempt may follow the current one.
+    pub fn tries_left(&self) -> bool {
+        self.tries > 0
+    }
+
+    /// The next server to try, or `None` when none can be (nginx's "no live upstreams").
+    pub fn next(&mut self) -> Option<Lease> {
+        if self.tries == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let group = self.group.clone();
+        let mut g = lock(&group);
+        loop {
+            let found = if g.single() {
+                let s = &g.tiers[0].peers[0];
+                (!s.peer.down && !s.full()).then_some(0)
+            } else if self.tier == 0 {
+                self.pick(&mut g, now)
+            } else {
+                // Backups: nginx's round-robin (least_conn's own when that is the method).
+                match self.method {
+                    Method::LeastConn => least_conn(&mut g.tiers[1], &self.tried, now),
+                    _ => round_robin(&mut g.tiers[1], &self.tried, now),
+                }
+            };
+            if let Some(index) = found {
+                let slot = &mut g.tiers[self.tier].peers[index];
+                slot.chosen(now);
+                if let Some(t) = self.tried.get_mut(index) {
+                    *t = true;
+                }
+                return Some(Lease {
+                    group: self.group.clone(),
+                    tier: self.tier,
+                    index,
+                    peer: slot.peer.clone(),
+                    reported: false,
+                });
             }
-            out.push(primary[b].clone());
-            // nginx tries the others in its own rotation order; round-robin from the choice.
-            for k in 1..primary.len() {
-                out.push(primary[(b + k) % primary.len()].clone());
+            if self.tier == 0 && !g.tiers[1].peers.is_empty() {
+                self.tier = 1;
+                self.tried = vec![false; g.tiers[1].peers.len()];
+                continue;
+            }
+            return None;
+        }
+    }
+
+    /// A primary server by the group's method; after 20 misses the hash methods fall back
+    /// to round-robin, as nginx's do.
+    fn pick(&mut self, g: &mut Group, now: Instant) -> Option<usize> {
+        loop {
+            if self.hash_tries > 20 {
+                return round_robin(&mut g.tiers[0], &self.tried, now);
+            }
+            let tier = &mut g.tiers[0];
+            let total = tier.total_weight.max(1);
+            let candidate = match &mut self.method {
+                Method::RoundRobin => return round_robin(tier, &self.tried, now),
+                Method::LeastConn => return least_conn(tier, &self.tried, now),
+                Method::IpHash { addr, hash } => {
+                    for b in addr.iter() {
+                        *hash = (*hash * 113 + *b as u64) % 6271;
+                    }
+                    by_weight(tier, *hash % total)
+                }
+                Method::Hash { key, hash, rehash } => {
+                    // Compatible with Cache::Memcached: ((crc32([REHASH] KEY) >> 16) & 0x7fff)
+                    // added to the previous hash, REHASH left out the first time.
+                    let mut h = crc32fast::Hasher::new();
+                    if *rehash > 0 {
+                        h.update(rehash.to_string().as_bytes());
+                    }
+                    h.update(key.as_bytes());
+                    *hash += ((h.finalize() >> 16) & 0x7fff) as u64;
+                    *rehash += 1;
+                    by_weight(tier, *hash % total)
+                }
+                Method::Consistent { point } => {
+                    if g.ring.is_empty() {
+                        self.hash_tries = 21;
+                        continue;
+                    }
+                    let server = g.ring[*point % g.ring.len()].1;
+                    let addr = g.tiers[0].peers[server].peer.addr.clone();
+                    // Every usable server of that name (nginx has one per address), by
+                    // round-robin among them.
+                    let best = weighted(&mut g.tiers[0], &self.tried, now, |s| s.peer.addr == addr);
+                    if best.is_some() {
+                        return best;
+                    }
+                    *point += 1;
+                    self.hash_tries += 1;
+                    continue;
+                }
+                Method::Random { two } => {
+                    let two = *two;
+                    let mut prev: Option<usize> = None;
+                    loop {
+                        let p = by_weight(tier, fastrand::u64(0..total));
+                        if Some(p) != prev && !self.tried[p] && tier.peers[p].usable(now) {
+                            if !two {
+                                return Some(p);
+                            }
+                            if let Some(q) = prev {
+                                // Fewer connections for the weight wins; the second on a tie.
+                                let (a, b) = (&tier.peers[p], &tier.peers[q]);
+                                let first_better = a.conns as u64 * b.peer.weight as u64
+                                    > b.conns as u64 * a.peer.weight as u64;
+                                return Some(if first_better { q } else { p });
+                            }
+                            prev = Some(p);
+                        }
+                        self.hash_tries += 1;
+                        if self.hash_tries > 20 {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            };
+            if !self.tried[candidate] && tier.peers[candidate].usable(now) {
+                return Some(candidate);
+            }
+            self.hash_tries += 1;
+        }
+    }
+}
+
+/// The server that `w` (below the total weight) falls on, walking the weights in order.
+fn by_weight(tier: &Tier, mut w: u64) -> usize {
+    for (i, s) in tier.peers.iter().enumerate() {
+        if w < s.peer.weight as u64 {
+            return i;
+        }
+        w -= s.peer.weight as u64;
+    }
+    tier.peers.len() - 1
+}
+
+/// nginx's smooth weighted round-robin over the usable, untried servers that `among` admits.
+fn weighted(
+    tier: &mut Tier,
+    tried: &[bool],
+    now: Instant,
+    among: impl Fn(&Slot) -> bool,
+) -> Option<usize> {
+    let mut best: Option<(usize, i64)> = None;
+    let mut total = 0;
+    for (i, s) in tier.peers.iter_mut().enumerate() {
+        if tried[i] || !s.usable(now) || !among(s) {
+            continue;
+        }
+        s.current_weight += s.effective_weight;
+        total += s.effective_weight;
+        if s.effective_weight < s.peer.weight as i64 {
+            s.effective_weight += 1;
+        }
+        if best.is_none_or(|(_, w)| s.current_weight > w) {
+            best = Some((i, s.current_weight));
+        }
+    }
+    let (b, _) = best?;
+    tier.peers[b].current_weight -= total;
+    Some(b)
+}
+
+fn round_robin(tier: &mut Tier, tried: &[bool], now: Instant) -> Option<usize> {
+    weighted(tier, tried, now, |_| true)
+}
+
+/// nginx's least_conn: the fewest connections for the weight; ties by round-robin among the
+/// tied servers from the first of them on.
+fn least_conn(tier: &mut Tier, tried: &[bool], now: Instant) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    let mut many = false;
+    for (i, s) in tier.peers.iter().enumerate() {
+        if tried[i] || !s.usable(now) {
+            continue;
+        }
+        match best {
+            None => best = Some(i),
+            Some(b) => {
+                let bs = &tier.peers[b];
+                let (l, r) = (
+                    s.conns as u64 * bs.peer.weight as u64,
+                    bs.conns as u64 * s.peer.weight as u64,
+                );
+                if l < r {
+                    best = Some(i);
+                    many = false;
+                } else if l == r {
+                    many = true;
+                }
             }
         }
-        out.extend(backup.into_iter().cloned());
-        out
     }
+    let first = best?;
+    if !many {
+        return Some(first);
+    }
+    let (fc, fw) = (
+        tier.peers[first].conns as u64,
+        tier.peers[first].peer.weight as u64,
+    );
+    // The tied servers all come at or after `first`: an earlier one would have been best.
+    weighted(tier, tried, now, |s| {
+        s.conns as u64 * fw == fc * s.peer.weight as u64
+    })
+    .or(Some(first))
+}
+
+impl Lease {
+    /// Records the outcome of this attempt: a failure counts towards `max_fails` and lowers
+    /// the server's effective weight; a success after a new chance clears its failures.
+    /// Returns whether the request may try another server after this one.
+    pub fn report(&mut self, failed: bool, selection: &mut Selection) {
+        self.reported = true;
+        let mut g = lock(&self.group);
+        if g.single() {
+            selection.tries = 0;
+            return;
+        }
+        let s = &mut g.tiers[self.tier].peers[self.index];
+        if failed {
+            let now = Instant::now();
+            s.fails += 1;
+            s.accessed = Some(now);
+            s.checked = Some(now);
+            if s.peer.max_fails != 0 {
+                s.effective_weight -= (s.peer.weight / s.peer.max_fails) as i64;
+                if s.fails >= s.peer.max_fails {
+                    tracing::warn!(upstream = %s.peer.addr, "upstream server temporarily disabled");
+                }
+            }
+            s.effective_weight = s.effective_weight.max(0);
+        } else if s.accessed < s.checked {
+            // Chosen again after its time out (or never failed): the server is live.
+            s.fails = 0;
+        }
+        selection.tries = selection.tries.saturating_sub(1);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut g = lock(&self.group);
+        if let Some(s) = g.tiers[self.tier].peers.get_mut(self.index) {
+            s.conns = s.conns.saturating_sub(1);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

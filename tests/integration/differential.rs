@@ -18,7 +18,9 @@
 //! ```
 //!
 //! `$PORT` is the listening port (each server gets its own; ports in answers are normalised),
-//! `$ECHO` the echo upstream's. Requests are HTTP/1.1 with `Connection: close` and, unless
+//! `$ECHO` the echo upstream's; `$UP1`..`$UP3` are echoes that put `upN` before the request
+//! they echo (so the body says which server of a group answered), and `$DEAD` a port nothing
+//! listens on. Headers named `X-Test-*` (from `add_header`) are compared too. Requests are HTTP/1.1 with `Connection: close` and, unless
 //! given, `Host: localhost`.
 
 use std::io::{Read, Write};
@@ -63,9 +65,12 @@ impl Drop for Running {
 /// Writes `http` as a whole nginx.conf in `dir` for one server program.
 fn write_conf(dir: &Path, http: &str, port: u16, echo: u16) -> PathBuf {
     std::fs::create_dir_all(dir.join("logs")).unwrap();
-    let http = http
+    let mut http = http
         .replace("$PORT", &port.to_string())
         .replace("$ECHO", &echo.to_string());
+    for (name, p) in upstream_ports() {
+        http = http.replace(name, &p.to_string());
+    }
     let d = dir.display();
     let text = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/run.pid;\nerror_log {d}/logs/error.log;\n\
@@ -138,17 +143,35 @@ fn dechunk(mut s: &str) -> String {
 
 /// An upstream answering every request with the exact bytes it received.
 fn echo_upstream() -> u16 {
+    named_upstream("")
+}
+
+/// An echo whose answers start with `name` and a newline (nothing when `name` is empty).
+fn named_upstream(name: &'static str) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for s in l.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || echo(s));
+            std::thread::spawn(move || echo(s, name));
         }
     });
     port
 }
 
-fn echo(mut s: TcpStream) {
+/// `$UP1`..`$UP3` and `$DEAD`, with their ports (started once for the whole suite).
+fn upstream_ports() -> &'static [(&'static str, u16)] {
+    static PORTS: std::sync::OnceLock<Vec<(&'static str, u16)>> = std::sync::OnceLock::new();
+    PORTS.get_or_init(|| {
+        vec![
+            ("$UP1", named_upstream("up1")),
+            ("$UP2", named_upstream("up2")),
+            ("$UP3", named_upstream("up3")),
+            ("$DEAD", free_port()),
+        ]
+    })
+}
+
+fn echo(mut s: TcpStream, name: &str) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -174,6 +197,9 @@ fn echo(mut s: TcpStream) {
             Ok(0) | Err(_) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
+    }
+    if !name.is_empty() {
+        buf.splice(0..0, format!("{name}\n").into_bytes());
     }
     let reply = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/x-echo\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -230,8 +256,13 @@ fn parse(text: &str) -> (String, Vec<Case>) {
 }
 
 fn normalize(s: &str, port: u16, echo: u16) -> String {
-    s.replace(&port.to_string(), "$PORT")
-        .replace(&echo.to_string(), "$ECHO")
+    let mut s = s
+        .replace(&port.to_string(), "$PORT")
+        .replace(&echo.to_string(), "$ECHO");
+    for (name, p) in upstream_ports() {
+        s = s.replace(&p.to_string(), name);
+    }
+    s
 }
 
 #[test]
@@ -300,7 +331,13 @@ fn nginx_and_portico_answer_alike() {
             if a.status != b.status {
                 diff.push(format!("status: nginx {} portico {}", a.status, b.status));
             }
-            for h in ["Location", "Content-Type"] {
+            let mut compared_headers = vec!["Location".to_string(), "Content-Type".to_string()];
+            for (n, _) in a.headers.iter().chain(&b.headers) {
+                if n.to_ascii_lowercase().starts_with("x-test-") && !compared_headers.contains(n) {
+                    compared_headers.push(n.clone());
+                }
+            }
+            for h in &compared_headers {
                 let (x, y) = (
                     a.header(h).map(|v| normalize(v, np, echo)),
                     b.header(h).map(|v| normalize(v, pp, echo)),
