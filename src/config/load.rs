@@ -84,6 +84,69 @@ impl Sources {
     pub fn included(&self, file: FileId, d: &Directive) -> Option<&Included> {
         self.includes.get(&(file, d.end))
     }
+
+    /// nginx's reading order of the text: which include brought each file in first.
+    pub fn reading_order(&self) -> ReadingOrder {
+        let mut parent: HashMap<FileId, (FileId, u32)> = HashMap::new();
+        let mut sites: Vec<_> = self.includes.iter().collect();
+        sites.sort_by_key(|((f, at), _)| (f.0, *at));
+        for ((from, at), inc) in sites {
+            if let Included::Files(files) = inc {
+                for f in files {
+                    parent.entry(*f).or_insert((*from, *at));
+                }
+            }
+        }
+        ReadingOrder { parent }
+    }
+
+    /// The first `http { }` block in reading order: its file and the offset of its `}`.
+    pub fn http_block_end(&self) -> Option<Span> {
+        fn walk(src: &Sources, file: FileId, ds: &[Directive], depth: usize) -> Option<Span> {
+            for d in ds {
+                if d.name() == "http" {
+                    let close = d.block.as_ref()?.close?;
+                    return Some(Span::new(file, close as usize, close as usize + 1));
+                }
+                if d.name() == "include"
+                    && depth < 32
+                    && let Some(Included::Files(files)) = src.included(file, d)
+                {
+                    for f in files {
+                        if let Some(s) = walk(src, *f, &src.tree(*f).directives, depth + 1) {
+                            return Some(s);
+                        }
+                    }
+                }
+            }
+            None
+        }
+        let root = self.root?;
+        walk(self, root, &self.tree(root).directives, 0)
+    }
+}
+
+/// See [`Sources::reading_order`].
+pub struct ReadingOrder {
+    parent: HashMap<FileId, (FileId, u32)>,
+}
+
+impl ReadingOrder {
+    /// Where `span` comes as nginx reads: the offsets of the include directives that lead to
+    /// its file from the main one, then its own offset. Keys compare as nginx meets the text.
+    pub fn key(&self, span: Span) -> Vec<u32> {
+        let mut key = vec![span.start];
+        let mut file = span.file;
+        while let Some(&(up, at)) = self.parent.get(&file) {
+            if key.len() > 64 {
+                break;
+            }
+            key.push(at);
+            file = up;
+        }
+        key.reverse();
+        key
+    }
 }
 
 /// Where a config lives: nginx's prefix and configuration prefix.

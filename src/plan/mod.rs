@@ -341,6 +341,19 @@ pub fn build(compiled: &mut crate::config::Compiled, options: &LowerOptions) -> 
         .iter()
         .position(|d| matches!(d.code, "unknown-variable" | "bind" | "no-events"))
         .unwrap_or(compiled.diagnostics.len());
+    // ... and when its `http` block closes, so before what it reads after that block (a
+    // syntax error further down the main file).
+    let end = match compiled.sources.http_block_end() {
+        Some(close) => {
+            let order = compiled.sources.reading_order();
+            let close = order.key(close);
+            compiled.diagnostics[..end]
+                .iter()
+                .position(|d| d.span.is_some_and(|s| order.key(s) > close))
+                .unwrap_or(end)
+        }
+        None => end,
+    };
     let mut fresh = Vec::new();
     for d in diagnostics {
         // The checks and lowering both look at some directives (a duplicate `root`, ...):

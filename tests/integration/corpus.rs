@@ -44,15 +44,7 @@ use crate::support::{self, Verdict};
 
 /// Files that currently mismatch (path under `tests/corpus`, the Portico feature missing).
 /// Keep it true: the test fails when a listed file matches again.
-const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
-    // nginx makes its end-of-`http` checks (here: a `listen ... ssl` server without a
-    // certificate) when the http block closes, so it reports them before a syntax error
-    // later in the main file; Portico reports in file order.
-    (
-        "certbot/certbot/src/certbot/_internal/tests/plugins/nginx/testdata/etc_nginx/broken.conf",
-        "order: syntax error after http{} reported before the end-of-http ssl_certificate check",
-    ),
-];
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[];
 
 const WRAPPER: &str = ".portico-corpus-wrapper.conf";
 const LONE_PREFIX: &str = ".portico-corpus-lone-";
