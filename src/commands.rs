@@ -19,7 +19,7 @@ pub fn version(configure: bool) -> ExitCode {
     if configure {
         out.push_str("built by rustc, Portico's configuration compiler and runtime\n");
         out.push_str("built with rustls (TLSv1.2, TLSv1.3)\nTLS SNI support enabled\n");
-        out.push_str("configure arguments: --with-http_ssl_module");
+        out.push_str("configure arguments: --with-http_ssl_module --with-http_realip_module");
         for m in absent_modules() {
             out.push_str(&format!(" --without-{m}_module"));
         }

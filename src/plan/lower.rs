@@ -10,8 +10,8 @@ use super::listen::{self, ListenAddr, ListenOpts};
 use super::names::{NameTable, ServerName};
 use super::regex::Regex;
 use super::settings::{
-    AccessLog, AccessRule, AddHeader, ErrorPage, NextUpstream, ProxyRedirect, Root, ServerTokens,
-    SessionCache, Settings,
+    AccessLog, AccessRule, AddHeader, ErrorPage, NextUpstream, ProxyRedirect, RealIpHeader, Root,
+    ServerTokens, SessionCache, Settings,
 };
 use super::template::Template;
 use super::*;
@@ -720,6 +720,42 @@ impl<'a> Lowerer<'a> {
                 }
                 Err(m) => self.error_at(d, &d.args[0], "invalid-value", m),
             },
+            "set_real_ip_from" => match AccessRule::parse(true, first) {
+                Ok((rule, warning)) => {
+                    if let Some(w) = warning {
+                        self.out.push(
+                            Diagnostic::warning("realip", w)
+                                .at(d.args[0].span)
+                                .line_at(d.end_span()),
+                        );
+                    }
+                    let list = s.real_ip_from.get_or_insert_with(Default::default);
+                    Arc::make_mut(list).push(rule);
+                }
+                Err(_) => {
+                    // nginx resolves a host name here; the compiler makes no lookups, and
+                    // an address left out only trusts less.
+                    self.out.push(
+                        Diagnostic::warning(
+                            "realip",
+                            format!(
+                                "host names in \"set_real_ip_from\" are not supported yet; \"{first}\" is ignored"
+                            ),
+                        )
+                        .at(d.args[0].span)
+                        .line_at(d.end_span()),
+                    );
+                }
+            },
+            "real_ip_header" => {
+                s.real_ip_header = Some(match first {
+                    "X-Real-IP" => RealIpHeader::XRealIp,
+                    "X-Forwarded-For" => RealIpHeader::XForwardedFor,
+                    "proxy_protocol" => RealIpHeader::ProxyProtocol,
+                    other => RealIpHeader::Other(other.to_ascii_lowercase()),
+                })
+            }
+            "real_ip_recursive" => s.real_ip_recursive = Some(flag(first)),
             "index" => {
                 let list = d.args.iter().map(|a| self.template(d, a)).collect();
                 s.index = Some(list);

@@ -14,7 +14,7 @@ use super::locations::Match;
 use super::names::validate_host;
 use super::pages;
 use super::regex::Captures;
-use super::settings::ProxyRedirect;
+use super::settings::{ProxyRedirect, RealIpHeader};
 use super::template::{Resolve, Template, Var};
 use super::uri::{self, Escape};
 use super::*;
@@ -150,6 +150,9 @@ pub struct Decision {
     pub trace: Vec<String>,
     /// `add_header` of the final configuration, evaluated: (name, value, always).
     pub add_headers: Vec<(String, String, bool)>,
+    /// The client's address as `set_real_ip_from`/`real_ip_header` made it (port 0 when the
+    /// header named none); `None` when the connection's own address stands.
+    pub remote: Option<SocketAddr>,
     /// `add_header`s whose values need the upstream's answer (`$upstream_addr`): evaluated
     /// by [`late_headers`] when the answer is sent.
     pub late_headers: Vec<(String, Template, bool)>,
@@ -219,8 +222,9 @@ pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
     st.unparsed = path_target.to_string();
     st.headers = filter_headers(&req.headers, &server.conf);
 
-    // Server rewrite phase.
+    // Post-read phase (realip), then the server rewrite phase.
     st.conf = server.conf.clone();
+    st.realip();
     match st.run(&server.conf.ops.iter().collect::<Vec<_>>(), files) {
         Flow::Done(outcome) => return st.finish(outcome),
         Flow::Next | Flow::Last | Flow::Break => {}
@@ -281,6 +285,10 @@ fn resume<'p>(
     st.headers = filter_headers(&req.headers, &server.conf);
     st.trace = decision.trace.clone();
     st.vars.extend(known);
+    if let Some(remote) = decision.remote {
+        st.remote = remote;
+        st.realip = true;
+    }
     st
 }
 
@@ -405,6 +413,7 @@ fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> De
         trace: vec![why.to_string()],
         add_headers: Vec::new(),
         late_headers: Vec::new(),
+        remote: None,
         base: String::new(),
         status: None,
     }
@@ -533,6 +542,9 @@ struct State<'p> {
     trace: Vec<String>,
     /// Whether to write the trace (`portico route`); serving skips the work.
     explain: bool,
+    /// The client's address (`$remote_addr`), which realip may replace.
+    remote: SocketAddr,
+    realip: bool,
 }
 
 impl<'p> State<'p> {
@@ -559,6 +571,75 @@ impl<'p> State<'p> {
             proxy: None,
             trace: Vec::new(),
             explain: req.explain,
+            remote: req.remote,
+            realip: false,
+        }
+    }
+
+    /// nginx's realip handler (post-read with the server's configuration, pre-access with the
+    /// location's): when the client is a trusted proxy, its header names the client. Once
+    /// applied it holds for the rest of the request, internal redirects included.
+    fn realip(&mut self) {
+        if self.realip {
+            return;
+        }
+        let s = &self.conf.settings;
+        let from = s.real_ip_from();
+        if from.is_empty() {
+            return;
+        }
+        let recursive = s.real_ip_recursive();
+        let trusted = |a: SocketAddr| {
+            let client = match (&self.req.local, a == self.req.remote) {
+                (ListenAddr::Unix(_), true) => None,
+                _ => Some(a.ip()),
+            };
+            from.iter().any(|r| r.matches(client))
+        };
+        let values: Vec<&str> = match s.real_ip_header() {
+            RealIpHeader::XRealIp => header(&self.headers, "x-real-ip").into_iter().collect(),
+            RealIpHeader::XForwardedFor => self
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+                .map(|(_, v)| v.as_str())
+                .collect(),
+            RealIpHeader::ProxyProtocol => Vec::new(),
+            RealIpHeader::Other(name) => header(&self.headers, &name).into_iter().collect(),
+        };
+        if values.is_empty() {
+            return;
+        }
+        // ngx_http_get_forwarded_addr: the headers from the last, each from its end.
+        let mut addr = self.req.remote;
+        let mut found = false;
+        'headers: for value in values.iter().rev() {
+            let mut rest = value.trim_end_matches([' ', ',']);
+            loop {
+                if !trusted(addr) {
+                    break 'headers;
+                }
+                let start = rest.rfind([' ', ',']).map_or(0, |i| i + 1);
+                let Some(next) = parse_addr_port(&rest[start..]) else {
+                    break 'headers;
+                };
+                addr = next;
+                found = true;
+                rest = rest[..start].trim_end_matches([' ', ',']);
+                if !recursive || rest.is_empty() {
+                    break;
+                }
+            }
+            if !recursive {
+                break;
+            }
+        }
+        if found {
+            if self.explain {
+                self.trace.push(format!("realip: client {}", addr.ip()));
+            }
+            self.remote = addr;
+            self.realip = true;
         }
     }
 
@@ -590,6 +671,7 @@ impl<'p> State<'p> {
         Decision {
             add_headers,
             late_headers,
+            remote: self.realip.then_some(self.remote),
             base,
             status: None,
             internal: self.internal,
@@ -934,6 +1016,7 @@ impl<'p> State<'p> {
                 Flow::Next if self.uri_changed => continue,
                 Flow::Next | Flow::Break => {}
             }
+            self.realip();
             if !self.access_allowed() {
                 if self.explain {
                     self.trace.push("access: denied by allow/deny rules".into());
@@ -1096,7 +1179,7 @@ impl<'p> State<'p> {
     fn access_allowed(&self) -> bool {
         let client = match &self.req.local {
             ListenAddr::Unix(_) => None,
-            _ => Some(self.req.remote.ip()),
+            _ => Some(self.remote.ip()),
         };
         let rules = self.conf.settings.access();
         rules
@@ -1326,8 +1409,11 @@ impl Resolve for State<'_> {
                     Cow::Borrowed(self.host.as_str())
                 }
             }
-            Var::RemoteAddr => Cow::Owned(req.remote.ip().to_string()),
-            Var::RemotePort => Cow::Owned(req.remote.port().to_string()),
+            Var::RemoteAddr => Cow::Owned(self.remote.ip().to_string()),
+            Var::RemotePort => match self.remote.port() {
+                0 => return None,
+                p => Cow::Owned(p.to_string()),
+            },
             Var::Scheme => Cow::Borrowed(if req.https { "https" } else { "http" }),
             Var::ServerName => Cow::Borrowed(self.server.name()),
             Var::ServerPort => Cow::Owned(req.local.port().to_string()),
@@ -1348,7 +1434,7 @@ impl Resolve for State<'_> {
             Var::ProxyHost => Cow::Borrowed(self.proxy.as_ref()?.0.as_str()),
             Var::ProxyPort => Cow::Owned(self.proxy.as_ref()?.1.to_string()),
             Var::ProxyAddXForwardedFor => {
-                let ip = req.remote.ip().to_string();
+                let ip = self.remote.ip().to_string();
                 let xff: Vec<&str> = self
                     .headers
                     .iter()
@@ -1443,6 +1529,8 @@ impl Resolve for State<'_> {
                     "ssl_cipher" => Cow::Borrowed(req.tls.as_ref()?.cipher.as_str()),
                     "connection_requests" => Cow::Owned(req.requests.to_string()),
                     "server_name" => Cow::Borrowed(self.server.name()),
+                    "realip_remote_addr" => Cow::Owned(req.remote.ip().to_string()),
+                    "realip_remote_port" => Cow::Owned(req.remote.port().to_string()),
                     _ => return None,
                 }
             }
@@ -1532,4 +1620,26 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// nginx's `ngx_parse_addr_port`: an address, `v4:port` or `[v6]:port` (port 0 when none is
+/// given).
+fn parse_addr_port(t: &str) -> Option<SocketAddr> {
+    use std::net::IpAddr;
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 0));
+    }
+    let (addr, port) = if let Some(inner) = t.strip_prefix('[') {
+        let close = inner.find(']')?;
+        let after = &inner[close + 1..];
+        // nginx 1.22 takes `[v6]` only with a port (later versions take it bare too).
+        (&inner[..close], after.strip_prefix(':')?)
+    } else {
+        t.split_once(':')?
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port: u16 = port.parse().ok().filter(|p| *p >= 1)?;
+    Some(SocketAddr::new(addr.parse().ok()?, port))
 }

@@ -122,6 +122,16 @@ pub struct AccessLog {
     pub condition: Option<Template>,
 }
 
+/// Where `real_ip_header` takes the client's address from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum RealIpHeader {
+    XRealIp,
+    XForwardedFor,
+    ProxyProtocol,
+    /// Another header, by its lower-case name.
+    Other(String),
+}
+
 /// One `allow` or `deny` rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AccessRule {
@@ -263,6 +273,11 @@ settings! {
     }];
     /// `allow`/`deny`, in order (inherited only when a level has none, as in nginx).
     access: Vec<AccessRule> = Vec::new();
+    /// `set_real_ip_from`: the addresses trusted to name the client (all `allow` rules).
+    real_ip_from: Arc<Vec<AccessRule>> = Arc::new(Vec::new());
+    /// `real_ip_header`.
+    real_ip_header: RealIpHeader = RealIpHeader::XRealIp;
+    real_ip_recursive: bool = false;
     proxy_set_header: Vec<(String, Template)> = Vec::new();
     proxy_http_version: String = "1.0".to_string();
     proxy_pass_request_headers: bool = true;

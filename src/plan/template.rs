@@ -180,12 +180,13 @@ impl Template {
         self.as_literal().is_none()
     }
 
-    /// Whether the value needs what only the upstream's answer tells (`$upstream_*`): such an
-    /// `add_header` is evaluated when the answer is sent, not when the request is routed.
+    /// Whether the value needs what is known only once the body was read and the upstream
+    /// answered (`$upstream_*`, `$request_body`): such an `add_header` is evaluated when the
+    /// answer is sent, not when the request is routed.
     pub fn uses_upstream(&self) -> bool {
         self.parts.iter().any(|p| match p {
             Part::Var(Var::UpstreamHttp(_)) => true,
-            Part::Var(Var::Named(n)) => n.starts_with("upstream_"),
+            Part::Var(Var::Named(n)) => n.starts_with("upstream_") || n == "request_body",
             _ => false,
         })
     }

@@ -43,6 +43,11 @@ impl Spool {
         self.file.is_some()
     }
 
+    /// The whole body when it stayed in memory (nginx's `$request_body`), else `None`.
+    pub fn in_memory(&self) -> Option<&[u8]> {
+        self.file.is_none().then_some(&self.mem[..])
+    }
+
     pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         if self.file.is_none() && self.mem.len() + data.len() <= self.limit {

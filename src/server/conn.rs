@@ -192,7 +192,7 @@ where
             plan,
             decision: &decision,
             head,
-            peer,
+            peer: decision.remote.unwrap_or(peer),
             local,
             served: &served,
             started,
@@ -253,6 +253,9 @@ where
         if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
             let before = outer.clone();
             *outer = served.clone();
+            if outer.request_body.is_none() {
+                outer.request_body = before.request_body.clone();
+            }
             // The page's own upstream attempts follow the first ones, after " : ".
             let mut states = before.upstreams;
             let first_inner = states.len();
@@ -517,10 +520,14 @@ pub fn known_vars(ex: &Exchange<'_>) -> Vec<(String, String)> {
     ex.served
         .lock()
         .map(|s| {
-            NAMES
+            let mut known: Vec<(String, String)> = NAMES
                 .iter()
                 .filter_map(|n| Some((n.to_string(), s.upstream_var(n)?)))
-                .collect()
+                .collect();
+            if let Some(body) = &s.request_body {
+                known.push(("request_body".to_string(), body.clone()));
+            }
+            known
         })
         .unwrap_or_default()
 }

@@ -139,14 +139,22 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refus
             }
             let target = req.path.unwrap_or("").to_string();
             let version = (1, req.version.unwrap_or(1));
-            let mut headers = Vec::with_capacity(req.headers.len());
-            for h in req.headers.iter() {
-                if h.name.len() > limits.line || h.value.len() > limits.line {
-                    return Err(Refused(494));
+            let lines = buf[..len].iter().filter(|&&b| b == b'\n').count();
+            let headers = if lines == req.headers.len() + 2 {
+                let mut headers = Vec::with_capacity(req.headers.len());
+                for h in req.headers.iter() {
+                    if h.name.len() > limits.line || h.value.len() > limits.line {
+                        return Err(Refused(494));
+                    }
+                    let value = String::from_utf8_lossy(h.value).trim().to_string();
+                    headers.push((h.name.to_string(), value));
                 }
-                let value = String::from_utf8_lossy(h.value).trim().to_string();
-                headers.push((h.name.to_string(), value));
-            }
+                headers
+            } else {
+                // httparse left a line out (a control byte in a value, a name nginx would
+                // still take): read the lines as nginx does.
+                header_lines(&buf[..len], &limits)?
+            };
             if len > limits.total {
                 return Err(Refused(494));
             }
@@ -176,6 +184,43 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refus
         Err(httparse::Error::TooManyHeaders) => Err(Refused(494)),
         Err(_) => Err(Refused(400)),
     }
+}
+
+/// The header lines of a complete head, read as nginx's `ngx_http_parse_header_line` reads
+/// them: a value is any bytes but NUL (a 400), trimmed of blanks; a line without a colon or
+/// starting with a blank is ignored. Names are checked later (`ignore_invalid_headers`).
+fn header_lines(head: &[u8], limits: &Limits) -> Result<Vec<(String, String)>, Refused> {
+    let mut headers = Vec::new();
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line.len() > limits.line {
+            return Err(Refused(494));
+        }
+        if line.contains(&0) {
+            return Err(Refused(400));
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || name[0] == b' ' || name[0] == b'\t' {
+            continue;
+        }
+        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
+        let end = value
+            .iter()
+            .rposition(|b| !blank(b))
+            .map_or(start, |e| e + 1);
+        headers.push((
+            String::from_utf8_lossy(name).into_owned(),
+            String::from_utf8_lossy(&value[start..end]).into_owned(),
+        ));
+    }
+    Ok(headers)
 }
 
 /// nginx's checks of a complete head: Host, body framing.

@@ -93,6 +93,8 @@ pub struct Served {
     pub body_bytes_sent: u64,
     /// One entry per upstream tried, in order (nginx's `upstream_states`).
     pub upstreams: Vec<UpstreamState>,
+    /// `$request_body`: the body read for the upstream, when it was kept in memory.
+    pub request_body: Option<String>,
 }
 
 /// One attempt on an upstream server, for the `$upstream_*` variables.
@@ -263,7 +265,10 @@ impl Resolve for Entry<'_> {
         let h = self.head;
         Some(match var {
             Var::RemoteAddr => Cow::Owned(self.peer.ip().to_string()),
-            Var::RemotePort => Cow::Owned(self.peer.port().to_string()),
+            Var::RemotePort => match self.peer.port() {
+                0 => return None,
+                p => Cow::Owned(p.to_string()),
+            },
             Var::Request => Cow::Owned(format!("{} {} {}", h.method, h.target, h.version_text())),
             Var::RequestMethod => Cow::Borrowed(h.method.as_str()),
             Var::RequestUri => Cow::Borrowed(h.target.as_str()),
@@ -312,6 +317,7 @@ impl Resolve for Entry<'_> {
                 | "upstream_response_time"
                 | "upstream_header_time"
                 | "upstream_connect_time" => Cow::Owned(self.served.upstream_var(n)?),
+                "request_body" => Cow::Owned(self.served.request_body.clone()?),
                 "connection" => Cow::Owned(self.connection.to_string()),
                 "connection_requests" => Cow::Owned(self.requests.to_string()),
                 "pid" => Cow::Owned(std::process::id().to_string()),

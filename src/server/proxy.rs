@@ -44,6 +44,10 @@ enum ReqBody {
     Stream {
         reader: BodyReader,
         started: bool,
+        /// What passed, while it fits in `client_body_buffer_size` (`$request_body`);
+        /// `None` once it did not.
+        kept: Option<Vec<u8>>,
+        keep: usize,
     },
 }
 
@@ -107,6 +111,8 @@ where
         ReqBody::Stream {
             reader,
             started: false,
+            kept: Some(Vec::new()),
+            keep: s.client_body_buffer_size() as usize,
         }
     };
     let group = plan.upstreams.iter().find(|u| u.name == *upstream);
@@ -116,7 +122,7 @@ where
     let mut selection = match group {
         Some(group) if url.is_none() || !group.implicit => Some(shared.upstreams.select(
             group,
-            Some(ex.request.remote.ip()),
+            Some(decision.remote.unwrap_or(ex.request.remote).ip()),
             hash_key.as_deref(),
             cap,
         )),
@@ -192,6 +198,7 @@ where
             &mut connected,
         )
         .await;
+        note_body(ex, &body);
         if let Some(st) = states.last_mut() {
             st.connect = connected.map(|t: Instant| t.duration_since(st.started));
             match &outcome {
@@ -547,7 +554,13 @@ where
         Ok(Err(_)) => return Err((Failure::Error, true)),
         Ok(Ok(())) => {}
     }
-    if let ReqBody::Stream { reader, started } = body {
+    if let ReqBody::Stream {
+        reader,
+        started,
+        kept,
+        keep,
+    } = body
+    {
         *started = true;
         let chunked = reader.is_chunked();
         loop {
@@ -556,6 +569,13 @@ where
                 Err(BodyError::Refused(status)) => return Err((Failure::Client(status), false)),
                 Err(BodyError::Io(e)) => return Err((Failure::ClientGone(e), false)),
             };
+            if let (Some(p), Some(k)) = (&piece, kept.as_mut()) {
+                if k.len() + p.len() <= *keep {
+                    k.extend_from_slice(p);
+                } else {
+                    *kept = None;
+                }
+            }
             let out = match (&piece, chunked) {
                 (Some(p), true) => {
                     let mut framed = format!("{:x}\r\n", p.len()).into_bytes();
@@ -1108,6 +1128,20 @@ fn upstream_done(ex: &Exchange<'_>) {
         && let Some(last) = s.upstreams.last_mut()
     {
         last.response.get_or_insert(last.started.elapsed());
+    }
+}
+
+/// `$request_body`: the body as read, when it was kept in memory.
+fn note_body(ex: &Exchange<'_>, body: &ReqBody) {
+    let kept = match body {
+        ReqBody::Spooled(spool) => spool.in_memory(),
+        ReqBody::Stream { kept, .. } => kept.as_deref(),
+        ReqBody::None => None,
+    };
+    if let (Some(kept), Ok(mut s)) = (kept, ex.served.lock())
+        && s.request_body.is_none()
+    {
+        s.request_body = Some(String::from_utf8_lossy(kept).into_owned());
     }
 }
 
