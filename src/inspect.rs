@@ -239,6 +239,7 @@ fn route_text(d: &route::Decision, server: &plan::Server, location: Option<&Loca
             }
         }
         Outcome::File { path } => s += &format!("file      {path}\n"),
+        Outcome::Listing { path } => s += &format!("listing   {path}\n"),
     }
     s += "trace\n";
     for t in &d.trace {

@@ -815,6 +815,10 @@ impl<'a> Lowerer<'a> {
             "if_modified_since" => s.if_modified_since = Some(first.to_string()),
             "expires" => s.expires = Some(a.iter().map(|v| v.to_string()).collect()),
             "gzip_static" => s.gzip_static = Some(first.to_string()),
+            "gzip_vary" => s.gzip_vary = Some(flag(first)),
+            "gzip_http_version" => s.gzip_http_version = Some(first.to_string()),
+            "gzip_proxied" => s.gzip_proxied = Some(a.iter().map(|v| v.to_string()).collect()),
+            "max_ranges" => s.max_ranges = Some(first.parse().ok()),
             "tcp_nodelay" => s.tcp_nodelay = Some(flag(first)),
             "disable_symlinks" => s.disable_symlinks = Some(first != "off"),
             "access_log" => {

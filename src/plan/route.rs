@@ -93,8 +93,10 @@ pub enum Outcome {
         hash_key: Option<String>,
         request: UpstreamRequest,
     },
-    /// A file (or directory listing / index) under `root`/`alias`.
+    /// A file under `root`/`alias`.
     File { path: String },
+    /// A directory's listing (`autoindex`): the directory's path, ending in `/`.
+    Listing { path: String },
 }
 
 /// A `proxy_redirect` rule with its variables evaluated.
@@ -1114,8 +1116,10 @@ impl<'p> State<'p> {
                     ));
                 }
                 if ok {
+                    // The location's own content handler serves the name found: the static
+                    // module (an index for a directory), or proxy_pass if the location has it.
                     self.uri = name;
-                    return Ok(Outcome::File { path });
+                    return self.handler(files);
                 }
             }
             let fallback = self.eval(last);
@@ -1160,10 +1164,53 @@ impl<'p> State<'p> {
         if let Some(pass) = &conf.proxy {
             return Ok(self.proxy(pass));
         }
+        if self.escapes_alias() {
+            // `location /static { alias /srv/static/; }` and `/static../x`: nginx would
+            // read /srv/x. Portico refuses what lies outside the alias.
+            tracing::error!(
+                "\"{}\" is outside the alias of location \"{}\"",
+                self.uri,
+                self.conf.location_name
+            );
+            if self.explain {
+                self.trace.push("the path leaves the alias: 404".into());
+            }
+            return Ok(self.status(404, None));
+        }
+        // The static, index and autoindex modules take GET, HEAD and POST; the static module
+        // refuses the others.
+        let method = self.req.method.as_str();
+        let readable = matches!(method, "GET" | "HEAD" | "POST");
+        if self.uri.ends_with('/') {
+            if readable {
+                if let Some(found) = self.index(files) {
+                    return found;
+                }
+                if conf.settings.autoindex() && method != "POST" {
+                    let path = self.map_path(&self.uri.clone());
+                    if self.explain {
+                        self.trace.push(format!("autoindex of {path}"));
+                    }
+                    return Ok(Outcome::Listing { path });
+                }
+            }
+            if !readable {
+                return Ok(self.status(405, None));
+            }
+            let path = self.map_path(&self.uri.clone());
+            tracing::error!("directory index of \"{path}\" is forbidden");
+            if self.explain {
+                self.trace.push("no index file: 403".into());
+            }
+            return Ok(self.status(403, None));
+        }
+        if !readable {
+            return Ok(self.status(405, None));
+        }
         let path = self.map_path(&self.uri.clone());
-        if !self.uri.ends_with('/') && files.is_dir(&path) {
+        if files.is_dir(&path) {
             // The static module: a directory without its slash is redirected to it.
-            let mut target = format!("{}/", self.uri);
+            let mut target = format!("{}/", uri::escape(&self.uri, Escape::Uri));
             if !self.args.is_empty() {
                 target = format!("{target}?{}", self.args);
             }
@@ -1173,6 +1220,52 @@ impl<'p> State<'p> {
             return Ok(self.status(301, Some(target)));
         }
         Ok(Outcome::File { path })
+    }
+
+    /// The index module: the first `index` name that exists is an internal redirect to it
+    /// (a name starting with `/` is one without a test). `None`: none exists, the
+    /// directory does.
+    fn index(&mut self, files: &dyn FileCheck) -> Option<Result<Outcome, Restart>> {
+        let dir = self.map_path(&self.uri.clone());
+        let mut dir_tested = false;
+        for t in self.conf.settings.index().iter() {
+            let name = self.eval(t);
+            if name.is_empty() {
+                continue;
+            }
+            let target = if name.starts_with('/') {
+                Some(name)
+            } else if files.exists(&format!("{dir}{name}")) {
+                Some(format!("{}{name}", self.uri))
+            } else {
+                if !dir_tested {
+                    let d = if dir.len() > 1 {
+                        dir.trim_end_matches('/')
+                    } else {
+                        &dir
+                    };
+                    if !files.is_dir(d) {
+                        if self.explain {
+                            self.trace.push(format!("index: {dir} is not found: 404"));
+                        }
+                        return Some(Ok(self.status(404, None)));
+                    }
+                    dir_tested = true;
+                }
+                None
+            };
+            if let Some(uri) = target {
+                if self.explain {
+                    self.trace
+                        .push(format!("index: internal redirect to {uri}"));
+                }
+                self.uri = uri;
+                self.internal = true;
+                self.valid_unparsed = false;
+                return Some(Err(Restart));
+            }
+        }
+        None
     }
 
     /// The access phase: the first `allow`/`deny` rule that matches the client decides.
@@ -1189,6 +1282,18 @@ impl<'p> State<'p> {
     }
 
     /// `root`/`alias`: the path on disk for a URI.
+    /// Whether the URI, cut after a prefix location's name, climbs out of its `alias`.
+    fn escapes_alias(&self) -> bool {
+        let root = self.conf.settings.root();
+        if !root.alias || self.location.as_ref().is_some_and(|l| l.is_regex()) {
+            return false;
+        }
+        let name_len = self.conf.location_name.len().min(self.uri.len());
+        let rest = &self.uri[name_len..];
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        rest == ".." || rest.starts_with("../")
+    }
+
     fn map_path(&self, uri: &str) -> String {
         let root = self.conf.settings.root();
         let base = self.eval(&root.path);

@@ -261,6 +261,13 @@ settings! {
     /// `expires` as written (`off`, `max`, `epoch`, `1h`, `modified 1d`, `@15h`).
     expires: Vec<String> = vec!["off".to_string()];
     gzip_static: String = "off".to_string();
+    gzip_vary: bool = false;
+    /// `1.0` or `1.1`.
+    gzip_http_version: String = "1.1".to_string();
+    /// `gzip_proxied` parameters (`off` by default: no gzip for requests with `Via`).
+    gzip_proxied: Vec<String> = Vec::new();
+    /// `max_ranges`; `None`: no limit.
+    max_ranges: Option<u64> = None;
     tcp_nodelay: bool = true;
     disable_symlinks: bool = false;
     access_log: Vec<AccessLog> = vec![AccessLog {

@@ -230,7 +230,8 @@ where
             known.clone(),
         ) else {
             // nginx's own page, with the `add_header ... always` of the location.
-            let mut extra = add_headers(ex, status);
+            let mut extra = keep;
+            extra.extend(add_headers(ex, status));
             extra.extend(late_headers(ex, decision, plan, status, known));
             error_page_with(io, status, ex.conf, ex.keepalive, extra).await?;
             ex.record(status, 0, 0);
@@ -300,6 +301,12 @@ where
             });
             let content_type = if builtin {
                 "text/html".to_string()
+            } else if body.is_none()
+                && *status >= 400
+                && pages::default_page(*status, s.server_tokens()).is_none()
+            {
+                // A status nginx has no page for goes out empty, with no type.
+                String::new()
             } else {
                 content_type_for(&decision.uri, s)
             };
@@ -329,7 +336,19 @@ where
                     return Ok(false);
                 }
             }
-            files::serve(io, &ex, &decision, path).await
+            files::serve(io, buf, &ex, &decision, plan, shared, path).await
+        }
+        Outcome::Listing { path } => {
+            if framing != Framing::None {
+                if let Err(Refused(st)) =
+                    http1::read_body(io, buf, framing, s.client_max_body_size()).await?
+                {
+                    error_response(io, st, &conf, false).await?;
+                    linger(io).await;
+                    return Ok(false);
+                }
+            }
+            files::listing(io, buf, &ex, &decision, plan, shared, path).await
         }
         Outcome::Proxy { .. } => proxy::serve(io, buf, &ex, &decision, plan, shared).await,
     }

@@ -71,6 +71,7 @@ fn write_conf(dir: &Path, http: &str, port: u16, echo: u16) -> PathBuf {
     for (name, p) in upstream_ports() {
         http = http.replace(name, &p.to_string());
     }
+    let http = http.replace("$FILES", &files_root().display().to_string());
     let d = dir.display();
     let text = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/run.pid;\nerror_log {d}/logs/error.log;\n\
@@ -116,11 +117,24 @@ fn send(port: u16, raw: &[u8]) -> Option<Answer> {
     let chunked = headers
         .iter()
         .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
+    let mut body = if chunked {
         dechunk(body)
     } else {
         body.to_string()
     };
+    // A multipart boundary is a counter of each server's own.
+    let mut headers = headers;
+    let boundary = headers.iter().find_map(|(n, v)| {
+        let b = v.split_once("boundary=")?.1;
+        n.eq_ignore_ascii_case("content-type")
+            .then(|| b.to_string())
+    });
+    if let Some(b) = boundary.filter(|b| !b.is_empty()) {
+        body = body.replace(&b, "BOUNDARY");
+        for (_, v) in headers.iter_mut() {
+            *v = v.replace(&b, "BOUNDARY");
+        }
+    }
     Some(Answer {
         status,
         headers,
@@ -139,6 +153,60 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
     }
     out
+}
+
+/// The mtime of every file of the `$FILES` tree: Tue, 02 Jan 2024 03:04:05 GMT.
+const FILES_MTIME: u64 = 1_704_164_645;
+
+/// `$FILES`: a tree both servers serve, made once: files of several sizes and types, a
+/// pre-compressed pair, directories with and without an index, a name with a space, symlinks.
+fn files_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = support::scratch("differential-files");
+        let pattern =
+            |n: usize| -> Vec<u8> { (0..n).map(|i| b"0123456789abcdef"[i % 16]).collect() };
+        let files: Vec<(&str, Vec<u8>)> = vec![
+            ("index.html", b"<h1>root index</h1>\n".to_vec()),
+            ("a.txt", b"hello, world\n".to_vec()),
+            ("Upper.TXT", b"upper\n".to_vec()),
+            ("data.bin", pattern(1000)),
+            ("big.bin", pattern(300_000)),
+            ("page.html", b"<p>plain page</p>\n".to_vec()),
+            ("page.html.gz", b"pretend this is gzip\n".to_vec()),
+            ("empty.txt", Vec::new()),
+            ("sp ace.txt", b"space\n".to_vec()),
+            ("noext", b"no extension\n".to_vec()),
+            ("dir/index.html", b"<h1>dir index</h1>\n".to_vec()),
+            ("dir/other.htm", b"other\n".to_vec()),
+            ("htm/index.htm", b"htm index\n".to_vec()),
+            (
+                "noindex/file.txt",
+                b"file in a directory without index\n".to_vec(),
+            ),
+            ("static/app.css", b"body { color: red }\n".to_vec()),
+            ("static/app.js", b"console.log(1)\n".to_vec()),
+            ("media/photo.jpg", pattern(5000)),
+            ("errors/404.html", b"<h1>custom not found</h1>\n".to_vec()),
+        ];
+        for (name, bytes) in &files {
+            let path = root.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        }
+        std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+        let _ = std::os::unix::fs::symlink(root.join("a.txt"), root.join("link.txt"));
+        let _ = std::os::unix::fs::symlink(root.join("dir"), root.join("linkdir"));
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(FILES_MTIME);
+        for (name, _) in &files {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(root.join(name))
+                .unwrap();
+            f.set_modified(at).unwrap();
+        }
+        root
+    })
 }
 
 /// An upstream answering every request with the exact bytes it received.
@@ -233,7 +301,12 @@ fn parse(text: &str) -> (String, Vec<Case>) {
             let mut parts = head.split(" | ");
             let request_line = parts.next().unwrap().trim();
             let headers: Vec<&str> = parts.map(str::trim).collect();
-            let mut raw = format!("{request_line} HTTP/1.1\r\n");
+            // `GET /x` is sent as HTTP/1.1; `GET /x HTTP/1.0` as written.
+            let mut raw = if request_line.split(' ').count() == 3 {
+                format!("{request_line}\r\n")
+            } else {
+                format!("{request_line} HTTP/1.1\r\n")
+            };
             if !headers
                 .iter()
                 .any(|h| h.to_ascii_lowercase().starts_with("host:"))
@@ -254,6 +327,21 @@ fn parse(text: &str) -> (String, Vec<Case>) {
         .collect();
     (config, cases)
 }
+
+/// Headers compared on every answer (and any `X-Test-*`). `Date` and `Expires` hold the
+/// clock; a multipart boundary is replaced by `BOUNDARY` before comparing.
+const COMPARED_HEADERS: &[&str] = &[
+    "Location",
+    "Content-Type",
+    "Content-Length",
+    "Content-Range",
+    "Content-Encoding",
+    "Accept-Ranges",
+    "ETag",
+    "Last-Modified",
+    "Vary",
+    "Cache-Control",
+];
 
 fn normalize(s: &str, port: u16, echo: u16) -> String {
     let mut s = s
@@ -331,7 +419,8 @@ fn nginx_and_portico_answer_alike() {
             if a.status != b.status {
                 diff.push(format!("status: nginx {} portico {}", a.status, b.status));
             }
-            let mut compared_headers = vec!["Location".to_string(), "Content-Type".to_string()];
+            let mut compared_headers: Vec<String> =
+                COMPARED_HEADERS.iter().map(|h| h.to_string()).collect();
             for (n, _) in a.headers.iter().chain(&b.headers) {
                 if n.to_ascii_lowercase().starts_with("x-test-") && !compared_headers.contains(n) {
                     compared_headers.push(n.clone());
@@ -345,6 +434,13 @@ fn nginx_and_portico_answer_alike() {
                 if x != y {
                     diff.push(format!("{h}: nginx {x:?} portico {y:?}"));
                 }
+            }
+            if a.header("Expires").is_some() != b.header("Expires").is_some() {
+                diff.push(format!(
+                    "Expires: nginx {:?} portico {:?}",
+                    a.header("Expires"),
+                    b.header("Expires")
+                ));
             }
             let (x, y) = (normalize(&a.body, np, echo), normalize(&b.body, pp, echo));
             if x != y {
