@@ -1164,6 +1164,7 @@ impl<'a> Lowerer<'a> {
                 self.own_settings(&inner, &mut conf.settings, Level::If);
                 conf.settings.inherit(&parent.settings);
                 conf.location_name = parent.location_name.clone();
+                conf.alias_name = parent.alias_name.clone();
                 conf.proxy = self
                     .proxy_pass(&inner, Level::If)
                     .or_else(|| parent.proxy.clone());
@@ -1493,11 +1494,22 @@ impl<'a> Lowerer<'a> {
             let inner = self.expand(*file, &block.directives);
             let mut conf = LocConf::default();
             self.own_settings(&inner, &mut conf.settings, lvl);
+            let own_root = conf.settings.root.is_some();
             conf.settings.inherit(&parent.settings);
             conf.internal = inner.iter().any(|(_, d)| d.name() == "internal");
             conf.location_name = match &kind {
                 LocationKind::Prefix { name, .. } | LocationKind::Exact(name) => name.clone(),
                 _ => String::new(),
+            };
+            conf.alias_name = if own_root {
+                match &kind {
+                    LocationKind::Prefix { name, .. } | LocationKind::Exact(name) => {
+                        Some(name.clone())
+                    }
+                    _ => None,
+                }
+            } else {
+                parent.alias_name.clone()
             };
             conf.proxy = self.proxy_pass(&inner, lvl);
             conf.try_files = self.try_files(&inner);
@@ -1560,6 +1572,7 @@ impl<'a> Lowerer<'a> {
             .proxy_pass(&inner, Level::LimitExcept)
             .or_else(|| conf.proxy.clone());
         le.location_name = conf.location_name.clone();
+        le.alias_name = conf.alias_name.clone();
         let mut methods: Vec<String> = d
             .args
             .iter()

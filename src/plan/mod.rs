@@ -175,6 +175,10 @@ pub struct LocConf {
     /// The location name a proxied URI part replaces (`location /app/` + `proxy_pass
     /// http://b/v1/`); empty outside prefix locations.
     pub location_name: String,
+    /// With `alias`: the name of the prefix location whose part of the URI the alias
+    /// replaces (the one that set it; a nested location inherits it); `None` when the alias
+    /// was set in a regex location and is the whole path.
+    pub alias_name: Option<String>,
     /// `limit_except`: methods allowed, and the configuration for the others.
     pub limit_except: Option<(Vec<String>, Arc<LocConf>)>,
 }

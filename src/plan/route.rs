@@ -540,6 +540,9 @@ struct State<'p> {
     valid_unparsed: bool,
     valid_location: bool,
     uri_changed: bool,
+    /// try_files in a regex location with `alias`: the file is the alias followed by the
+    /// URI (nginx's `add_uri_to_alias`).
+    add_uri_to_alias: bool,
     proxy: Option<(String, u16)>,
     trace: Vec<String>,
     /// Whether to write the trace (`portico route`); serving skips the work.
@@ -570,6 +573,7 @@ impl<'p> State<'p> {
             valid_unparsed: true,
             valid_location: true,
             uri_changed: false,
+            add_uri_to_alias: false,
             proxy: None,
             trace: Vec::new(),
             explain: req.explain,
@@ -1100,12 +1104,23 @@ impl<'p> State<'p> {
             let (last, tries) = list
                 .split_last()
                 .expect("try_files has two arguments or more");
+            let regex_alias = conf.settings.root().alias && conf.alias_name.is_none();
             for t in tries {
-                let name = self.eval(t);
-                let dir = name.ends_with('/');
-                let path = self.map_path(&name);
+                // A name written with a trailing slash tests a directory, named without it
+                // (nginx drops the slash when it reads the directive).
+                let dir = t.source.ends_with('/') && t.source.len() > 1;
+                let mut name = self.eval(t);
+                if dir && name.ends_with('/') {
+                    name.pop();
+                }
+                let path = if regex_alias {
+                    let base = self.eval(&conf.settings.root().path);
+                    format!("{base}{name}")
+                } else {
+                    self.map_path(&name)
+                };
                 let ok = if dir {
-                    files.is_dir(path.trim_end_matches('/'))
+                    files.is_dir(&path)
                 } else {
                     files.is_file(&path)
                 };
@@ -1118,7 +1133,14 @@ impl<'p> State<'p> {
                 if ok {
                     // The location's own content handler serves the name found: the static
                     // module (an index for a directory), or proxy_pass if the location has it.
-                    self.uri = name;
+                    if regex_alias {
+                        if !dir {
+                            self.uri = name;
+                            self.add_uri_to_alias = true;
+                        }
+                    } else {
+                        self.uri = name;
+                    }
                     return self.handler(files);
                 }
             }
@@ -1285,10 +1307,10 @@ impl<'p> State<'p> {
     /// Whether the URI, cut after a prefix location's name, climbs out of its `alias`.
     fn escapes_alias(&self) -> bool {
         let root = self.conf.settings.root();
-        if !root.alias || self.location.as_ref().is_some_and(|l| l.is_regex()) {
+        let Some(name) = self.conf.alias_name.as_ref().filter(|_| root.alias) else {
             return false;
-        }
-        let name_len = self.conf.location_name.len().min(self.uri.len());
+        };
+        let name_len = name.len().min(self.uri.len());
         let rest = &self.uri[name_len..];
         let rest = rest.strip_prefix('/').unwrap_or(rest);
         rest == ".." || rest.starts_with("../")
@@ -1298,12 +1320,14 @@ impl<'p> State<'p> {
         let root = self.conf.settings.root();
         let base = self.eval(&root.path);
         if root.alias {
-            let loc = self.location.as_ref();
-            if loc.is_some_and(|l| l.is_regex()) {
-                // alias with captures: the alias is the whole path.
+            let Some(name) = &self.conf.alias_name else {
+                // alias in a regex location (with captures): the alias is the whole path.
+                if self.add_uri_to_alias {
+                    return format!("{base}{uri}");
+                }
                 return base;
-            }
-            let name_len = self.conf.location_name.len().min(uri.len());
+            };
+            let name_len = name.len().min(uri.len());
             return format!("{base}{}", &uri[name_len..]);
         }
         format!("{}{uri}", base.trim_end_matches('/'))
