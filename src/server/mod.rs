@@ -3,6 +3,7 @@
 //! it for its whole life; a reload swaps in a new one. Upstream state (round-robin positions,
 //! connection pools, failures) lives in [`Upstreams`], outside the plan, and survives reloads.
 
+mod autoindex;
 mod body;
 mod conn;
 mod files;
