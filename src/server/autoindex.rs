@@ -12,7 +12,6 @@
 //! answer's charset is utf-8 (see [`render_with_charset`]).
 
 // Nothing calls it yet: the static file server will.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::ffi::OsStr;
 use std::io;

@@ -259,7 +259,9 @@ where
     Ok(ex.keepalive)
 }
 
-/// `autoindex`: the listing of the directory `path`.
+/// `autoindex`: the listing of the directory `path`, sent as nginx sends it (no length:
+/// chunked to HTTP/1.1 clients, the connection closed after it for HTTP/1.0 ones).
+#[allow(clippy::too_many_arguments)]
 pub async fn listing<S>(
     io: &mut S,
     buf: &mut Vec<u8>,
@@ -272,9 +274,92 @@ pub async fn listing<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // Until the listing renderer lands: nginx's answer for a directory without an index.
-    let _ = path;
-    error(io, buf, ex, decision, plan, shared, 403, Vec::new()).await
+    let s = &ex.conf.settings;
+    let format = s.autoindex_format();
+    let callback = decision
+        .args
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("callback="));
+    let opts = super::autoindex::Options {
+        uri: &decision.uri,
+        format: &format,
+        exact_size: s.autoindex_exact_size(),
+        localtime: s.autoindex_localtime(),
+        callback,
+        gmtoff_minutes: gmtoff_minutes(),
+    };
+    let listing = match super::autoindex::render(std::path::Path::new(path), &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            let status = if e.kind() == io::ErrorKind::InvalidInput {
+                400
+            } else {
+                match e.raw_os_error() {
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => 404,
+                    Some(libc::EACCES) => 403,
+                    _ => 500,
+                }
+            };
+            if status != 400 && (status != 404 || s.log_not_found()) {
+                tracing::error!("opendir() \"{path}\" failed ({})", errno_text(&e));
+            }
+            return error(io, buf, ex, decision, plan, shared, status, Vec::new()).await;
+        }
+    };
+    let head_only = ex.head.method == "HEAD";
+    let chunked = ex.head.version >= (1, 1) && s.chunked_transfer_encoding() && !head_only;
+    let keepalive = ex.keepalive && (chunked || head_only);
+    let mut headers = vec![
+        (
+            "Server".to_string(),
+            conn::server_header(s.server_tokens()).to_string(),
+        ),
+        ("Date".to_string(), http1::date_now()),
+        ("Content-Type".to_string(), listing.content_type.clone()),
+    ];
+    if chunked {
+        headers.push(("Transfer-Encoding".to_string(), "chunked".to_string()));
+    }
+    let v = if keepalive { "keep-alive" } else { "close" };
+    headers.push(("Connection".to_string(), v.to_string()));
+    if keepalive {
+        headers.extend(conn::keepalive_header(ex));
+    }
+    headers.extend(expires(s, 200, None));
+    headers.extend(conn::add_headers(ex, 200));
+    let head = http1::ResponseHead {
+        version: ex.head.version,
+        status: 200,
+        headers,
+    };
+    let mut out = head.to_bytes();
+    let head_len = out.len();
+    if !head_only {
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", listing.body.len()).as_bytes());
+            out.extend_from_slice(&listing.body);
+            out.extend_from_slice(b"\r\n0\r\n\r\n");
+        } else {
+            out.extend_from_slice(&listing.body);
+        }
+    }
+    let body = if head_only { 0 } else { listing.body.len() };
+    ex.record(200, out.len(), body);
+    let _ = head_len;
+    write(io, &out, Duration::from_millis(s.send_timeout().max(1))).await?;
+    io.flush().await?;
+    Ok(keepalive)
+}
+
+/// The local time zone's offset from UTC now, in minutes (`autoindex_localtime`).
+fn gmtoff_minutes() -> i64 {
+    // SAFETY: localtime_r fills the tm we own from a time we pass.
+    unsafe {
+        let now: libc::time_t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&now, &mut tm);
+        tm.tm_gmtoff as i64 / 60
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
