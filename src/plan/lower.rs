@@ -813,7 +813,12 @@ impl<'a> Lowerer<'a> {
             "autoindex_format" => s.autoindex_format = Some(first.to_string()),
             "etag" => s.etag = Some(flag(first)),
             "if_modified_since" => s.if_modified_since = Some(first.to_string()),
-            "expires" => s.expires = Some(a.iter().map(|v| v.to_string()).collect()),
+            "expires" => {
+                s.expires = Some(a.iter().map(|v| v.to_string()).collect());
+                let value = &d.args[d.args.len() - 1];
+                let t = self.template(d, value);
+                s.expires_value = Some(t.has_variables().then_some(t));
+            }
             "gzip_static" => s.gzip_static = Some(first.to_string()),
             "gzip_vary" => s.gzip_vary = Some(flag(first)),
             "gzip_http_version" => s.gzip_http_version = Some(first.to_string()),

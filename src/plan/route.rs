@@ -152,6 +152,8 @@ pub struct Decision {
     pub trace: Vec<String>,
     /// `add_header` of the final configuration, evaluated: (name, value, always).
     pub add_headers: Vec<(String, String, bool)>,
+    /// `expires` of the final configuration with its value evaluated; `None` when off.
+    pub expires: Option<Vec<String>>,
     /// The client's address as `set_real_ip_from`/`real_ip_header` made it (port 0 when the
     /// header named none); `None` when the connection's own address stands.
     pub remote: Option<SocketAddr>,
@@ -187,7 +189,23 @@ pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
     let host = match &host_raw {
         Some(h) => match validate_host(h) {
             Some(h) => h,
-            None => return bare(plan, socket.default, req, 400, "invalid host"),
+            None => {
+                // A 400 of the default server, through its error_page.
+                let server = &plan.servers[socket.default];
+                let mut st = State::new(plan, req, server, String::new());
+                if st.explain {
+                    st.trace.push("invalid host: 400".into());
+                }
+                st.conf = server.conf.clone();
+                if let Ok(u) = uri::parse(&path_target, server.conf.settings.merge_slashes()) {
+                    st.uri = u.path;
+                    st.args = u.args;
+                }
+                st.headers = filter_headers(&req.headers, &server.conf);
+                let outcome = st.status(400, None);
+                let mut cycles = 0;
+                return st.serve_result(outcome, files, &mut cycles);
+            }
         },
         None => String::new(),
     };
@@ -415,6 +433,7 @@ fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> De
         trace: vec![why.to_string()],
         add_headers: Vec::new(),
         late_headers: Vec::new(),
+        expires: None,
         remote: None,
         base: String::new(),
         status: None,
@@ -669,14 +688,30 @@ impl<'p> State<'p> {
                 continue;
             }
             let v = self.eval(&h.value);
-            if !v.is_empty() {
+            // An empty value adds nothing, but clears an ETag or Last-Modified.
+            let clears =
+                h.name.eq_ignore_ascii_case("etag") || h.name.eq_ignore_ascii_case("last-modified");
+            if !v.is_empty() || clears {
                 add_headers.push((h.name.clone(), v, h.always));
             }
         }
         let base = self.absolute("/").trim_end_matches('/').to_string();
+        let expires = self.conf.settings.expires.as_ref().and_then(|words| {
+            if words.first().is_some_and(|w| w == "off") {
+                return None;
+            }
+            let mut words = words.clone();
+            if let Some(Some(t)) = &self.conf.settings.expires_value {
+                if let Some(last) = words.last_mut() {
+                    *last = self.eval(t);
+                }
+            }
+            Some(words)
+        });
         Decision {
             add_headers,
             late_headers,
+            expires,
             remote: self.realip.then_some(self.remote),
             base,
             status: None,
@@ -952,7 +987,7 @@ impl<'p> State<'p> {
                 Match::Redirect(loc) => {
                     self.location = Some(loc.clone());
                     self.conf = loc.conf.clone();
-                    let mut target = format!("{}/", self.uri);
+                    let mut target = format!("{}/", uri::escape(&self.uri, Escape::Uri));
                     if !self.args.is_empty() {
                         target = format!("{target}?{}", self.args);
                     }

@@ -260,6 +260,8 @@ settings! {
     if_modified_since: String = "exact".to_string();
     /// `expires` as written (`off`, `max`, `epoch`, `1h`, `modified 1d`, `@15h`).
     expires: Vec<String> = vec!["off".to_string()];
+    /// The value of `expires` when it has variables (evaluated per request).
+    expires_value: Option<Template> = None;
     gzip_static: String = "off".to_string();
     gzip_vary: bool = false;
     /// `1.0` or `1.1`.

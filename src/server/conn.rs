@@ -29,6 +29,8 @@ pub struct Exchange<'a> {
     pub conf: &'a LocConf,
     /// The request as routing saw it, for `error_page` at run time.
     pub request: &'a route::Request,
+    /// `expires`, evaluated (see [`route::Decision::expires`]).
+    pub expires: Option<&'a [String]>,
 }
 
 pub async fn serve<S>(
@@ -183,6 +185,7 @@ where
         keepalive,
         conf: &conf,
         request: &request,
+        expires: decision.expires.as_deref(),
     };
     let started = std::time::Instant::now();
     let result = serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive).await;
@@ -249,6 +252,7 @@ where
             keepalive: ex.keepalive,
             conf: &page.conf,
             request: ex.request,
+            expires: page.expires.as_deref(),
         };
         let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
         if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
@@ -456,6 +460,7 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     headers.push(connection_header(ex));
     headers.extend(keepalive_header(ex));
     headers.extend(extra.iter().cloned());
+    headers.extend(super::files::expires(ex.expires, status, None));
     headers.extend(add_headers(ex, status));
     let head = http1::ResponseHead {
         version: ex.head.version,
@@ -505,6 +510,21 @@ pub fn keepalive_header(ex: &Exchange<'_>) -> Option<(String, String)> {
 
 /// `add_header`: for 200, 201, 204, 206, 301, 302, 303, 304, 307, 308, or any with `always`.
 pub fn add_headers(ex: &Exchange<'_>, status: u16) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, value) in add_headers_all(ex, status) {
+        // ETag and Last-Modified are one header each: a later one replaces, empty removes.
+        if name.eq_ignore_ascii_case("etag") || name.eq_ignore_ascii_case("last-modified") {
+            out.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+        }
+        if !value.is_empty() {
+            out.push((name, value));
+        }
+    }
+    out
+}
+
+/// As [`add_headers`], with the empty values that clear an `ETag` or `Last-Modified`.
+pub fn add_headers_all(ex: &Exchange<'_>, status: u16) -> Vec<(String, String)> {
     let applies = matches!(
         status,
         200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308

@@ -200,8 +200,18 @@ where
     if encoding && status != 304 {
         headers.push(("Content-Encoding".to_string(), "gzip".to_string()));
     }
-    headers.extend(expires(s, status, Some(mtime)));
-    headers.extend(conn::add_headers(ex, status));
+    headers.extend(expires(decision.expires.as_deref(), status, Some(mtime)));
+    // add_header ETag / Last-Modified replace the file's (an empty value removes it).
+    for (name, value) in conn::add_headers_all(ex, status) {
+        let special =
+            name.eq_ignore_ascii_case("etag") || name.eq_ignore_ascii_case("last-modified");
+        if special {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+        }
+        if !value.is_empty() {
+            headers.push((name, value));
+        }
+    }
     match &ranges {
         _ if status == 304 => {}
         Plan206::Whole { accept: true } => {
@@ -325,7 +335,7 @@ where
     if keepalive {
         headers.extend(conn::keepalive_header(ex));
     }
-    headers.extend(expires(s, 200, None));
+    headers.extend(expires(decision.expires.as_deref(), 200, None));
     headers.extend(conn::add_headers(ex, 200));
     let head = http1::ResponseHead {
         version: ex.head.version,
@@ -835,13 +845,15 @@ async fn write<S: AsyncWrite + Unpin>(io: &mut S, data: &[u8], wait: Duration) -
 
 /// `expires`: the `Expires` and `Cache-Control` headers for an answer of `status` whose file
 /// changed at `mtime` (seconds), as nginx's headers filter sets them.
-pub fn expires(s: &Settings, status: u16, mtime: Option<i64>) -> Vec<(String, String)> {
+pub fn expires(words: Option<&[String]>, status: u16, mtime: Option<i64>) -> Vec<(String, String)> {
     let safe = matches!(
         status,
         200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
     );
-    let words = s.expires();
-    if !safe || words.is_empty() || words[0] == "off" {
+    let Some(words) = words else {
+        return Vec::new();
+    };
+    if !safe || words.is_empty() {
         return Vec::new();
     }
     let pair = |e: String, cc: String| {
@@ -850,11 +862,14 @@ pub fn expires(s: &Settings, status: u16, mtime: Option<i64>) -> Vec<(String, St
             ("Cache-Control".to_string(), cc),
         ]
     };
-    let (modified, value) = match words.as_slice() {
+    let (modified, value) = match words {
         [m, v] if m == "modified" => (true, v.as_str()),
         [v, ..] => (false, v.as_str()),
         [] => return Vec::new(),
     };
+    if !modified && value == "off" {
+        return Vec::new();
+    }
     if !modified && value == "epoch" {
         return pair("Thu, 01 Jan 1970 00:00:01 GMT".into(), "no-cache".into());
     }

@@ -530,8 +530,13 @@ where
 {
     let send_timeout = ms(s.proxy_send_timeout());
     let up = &mut conn.io;
+    // A streamed body whose first bytes came with the head goes in the head's write, as
+    // nginx sends what it has read ahead.
+    let mut head_pending = matches!(body, ReqBody::Stream { .. }) && !buf.is_empty();
     let sent = async {
-        up.write_all(head).await?;
+        if !head_pending {
+            up.write_all(head).await?;
+        }
         match body {
             ReqBody::None => {}
             ReqBody::Spooled(spool) => {
@@ -576,17 +581,20 @@ where
                     *kept = None;
                 }
             }
-            let out = match (&piece, chunked) {
+            let mut out = Vec::new();
+            if head_pending {
+                out.extend_from_slice(head);
+            }
+            match (&piece, chunked) {
                 (Some(p), true) => {
-                    let mut framed = format!("{:x}\r\n", p.len()).into_bytes();
-                    framed.extend_from_slice(p);
-                    framed.extend_from_slice(b"\r\n");
-                    framed
+                    out.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+                    out.extend_from_slice(p);
+                    out.extend_from_slice(b"\r\n");
                 }
-                (Some(p), false) => p.clone(),
-                (None, true) => b"0\r\n\r\n".to_vec(),
-                (None, false) => Vec::new(),
-            };
+                (Some(p), false) => out.extend_from_slice(p),
+                (None, true) => out.extend_from_slice(b"0\r\n\r\n"),
+                (None, false) => {}
+            }
             let wrote = async {
                 up.write_all(&out).await?;
                 up.flush().await
@@ -596,6 +604,7 @@ where
                 Ok(Err(_)) => return Err((Failure::Error, false)),
                 Ok(Ok(())) => {}
             }
+            head_pending = false;
             if piece.is_none() {
                 break;
             }
@@ -846,6 +855,30 @@ async fn deliver<S: AsyncWrite + Unpin>(
             || hide.contains(&lower);
         if !hidden {
             headers.push((n.clone(), v.clone()));
+        }
+    }
+    // expires replaces the upstream's Expires and Cache-Control where they stand.
+    let last_modified = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("last-modified"))
+        .and_then(|(_, v)| httpdate::parse_http_date(v).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64);
+    for (name, value) in super::files::expires(ex.expires, r.status, last_modified) {
+        let mut seen = false;
+        headers.retain_mut(|(n, v)| {
+            if !n.eq_ignore_ascii_case(&name) {
+                return true;
+            }
+            if seen {
+                return false;
+            }
+            seen = true;
+            *v = value.clone();
+            true
+        });
+        if !seen {
+            headers.push((name, value));
         }
     }
     headers.extend(add_headers(ex, r.status));
