@@ -43,10 +43,7 @@ impl Builtins {
         match self.exact.get(name) {
             Some(None) => true,
             Some(Some(module)) => loaded.contains(*module),
-            None => self
-                .prefixes
-                .iter()
-                .any(|p| name.len() > p.len() && name.starts_with(p)),
+            None => self.prefixes.iter().any(|p| name.starts_with(p)),
         }
     }
 }
@@ -300,8 +297,8 @@ mod tests {
         assert!(
             b.knows("host", &none) && b.knows("http_x_real_ip", &none) && b.knows("args", &none)
         );
-        assert!(
-            !b.knows("http_", &none) && !b.knows("nope", &none) && !b.knows("geoip_city", &none)
-        );
+        // A bare prefix is a variable too (nginx -t accepts `$http_` and `$arg_`).
+        assert!(b.knows("http_", &none) && b.knows("arg_", &none));
+        assert!(!b.knows("nope", &none) && !b.knows("geoip_city", &none));
     }
 }

@@ -862,7 +862,17 @@ impl<'p> State<'p> {
                     return Flow::Done(self.status(*code, text));
                 }
                 Op::Set { var, value } => {
-                    let v = self.eval(value);
+                    let mut v = self.eval(value);
+                    if var == "limit_rate" {
+                        // A size variable: kept as its bytes; an invalid size changes nothing.
+                        match crate::config::validate::parse_size(&v, false) {
+                            Some(n) => v = n.to_string(),
+                            None => {
+                                tracing::error!("invalid size \"{v}\"");
+                                continue;
+                            }
+                        }
+                    }
                     self.vars.insert(var.clone(), v);
                 }
                 Op::Break => {
@@ -1693,6 +1703,7 @@ impl Resolve for State<'_> {
                     "ssl_cipher" => Cow::Borrowed(req.tls.as_ref()?.cipher.as_str()),
                     "connection_requests" => Cow::Owned(req.requests.to_string()),
                     "server_name" => Cow::Borrowed(self.server.name()),
+                    "limit_rate" => Cow::Borrowed("0"),
                     "realip_remote_addr" => Cow::Owned(req.remote.ip().to_string()),
                     "realip_remote_port" => Cow::Owned(req.remote.port().to_string()),
                     _ => return None,
