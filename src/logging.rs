@@ -7,6 +7,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -15,15 +16,47 @@ use tracing_subscriber::registry::LookupSpan;
 
 static TARGET: Mutex<Option<std::fs::File>> = Mutex::new(None);
 
+/// The least severe level written (`error_log FILE LEVEL`): 0 debug, 1 notice, 2 warn,
+/// 3 error, 4 nothing Portico emits (crit, alert, emerg). Until the server sets it, the
+/// `PORTICO_LOG` filter alone decides.
+static MIN_LEVEL: AtomicU8 = AtomicU8::new(0);
+
+fn rank(level: &Level) -> u8 {
+    match *level {
+        Level::TRACE | Level::DEBUG => 0,
+        Level::INFO => 1,
+        Level::WARN => 2,
+        Level::ERROR => 3,
+    }
+}
+
 /// Installs the subscriber. Call once, first thing.
 pub fn init() {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let by_level = tracing_subscriber::filter::filter_fn(|m| {
+        rank(m.level()) >= MIN_LEVEL.load(Ordering::Relaxed)
+    });
+    let layer = tracing_subscriber::fmt::layer()
         .event_format(NginxFormat)
         .with_writer(Target)
-        .init();
+        .with_filter(filter)
+        .with_filter(by_level);
+    tracing_subscriber::registry().with(layer).init();
+}
+
+/// nginx's `error_log` level: what is less severe is not written. nginx's default is
+/// `error`.
+pub fn set_level(name: &str) {
+    let min = match name {
+        "debug" => 0,
+        "info" | "notice" => 1,
+        "warn" => 2,
+        "error" => 3,
+        _ => 4,
+    };
+    MIN_LEVEL.store(min, Ordering::Relaxed);
 }
 
 /// From now on, write the log to `path` (appending); "stderr" keeps standard error.

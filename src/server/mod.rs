@@ -94,6 +94,18 @@ fn main_directive(compiled: &config::Compiled, name: &str) -> Option<String> {
     None
 }
 
+/// The `n`th argument of a main-context directive.
+fn main_directive_arg(compiled: &config::Compiled, name: &str, n: usize) -> Option<String> {
+    let root = compiled.sources.root?;
+    let d = compiled
+        .sources
+        .tree(root)
+        .directives
+        .iter()
+        .find(|d| d.name() == name)?;
+    d.args.get(n).map(|a| a.value.clone())
+}
+
 /// `portico` (no -t): serve until told to stop.
 pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) -> ExitCode {
     let Ok((plan, tls_set, compiled)) = load(paths, globals.clone()) else {
@@ -109,6 +121,9 @@ pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) 
     } else {
         paths.prefix.join(&log)
     };
+    crate::logging::set_level(
+        &main_directive_arg(&compiled, "error_log", 1).unwrap_or_else(|| "error".into()),
+    );
     if let Err(e) = crate::logging::set_error_log(&log_path) {
         eprintln!(
             "portico: [alert] could not open error log file: open() \"{}\" failed ({e})",
