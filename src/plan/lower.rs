@@ -775,6 +775,15 @@ impl<'a> Lowerer<'a> {
                 });
             }
             "default_type" => s.default_type = Some(first.to_string()),
+            "charset" => s.charset = Some(first.to_string()),
+            "charset_types" => {
+                // text/html is always among them, as in nginx.
+                let mut types: Vec<String> = a.iter().map(|t| t.to_ascii_lowercase()).collect();
+                if !types.iter().any(|t| t == "text/html") {
+                    types.push("text/html".to_string());
+                }
+                s.charset_types = Some(types);
+            }
             "client_max_body_size" => {
                 s.client_max_body_size = Some(parse_size(first, true).unwrap_or(0))
             }

@@ -263,6 +263,19 @@ settings! {
     /// The value of `expires` when it has variables (evaluated per request).
     expires_value: Option<Template> = None;
     gzip_static: String = "off".to_string();
+    /// `charset`: added to the Content-Type of `charset_types` answers; `off` by default.
+    charset: String = "off".to_string();
+    charset_types: Vec<String> = [
+        "text/html",
+        "text/xml",
+        "text/plain",
+        "text/vnd.wap.wml",
+        "application/javascript",
+        "application/rss+xml",
+    ]
+    .iter()
+    .map(|t| t.to_string())
+    .collect();
     gzip_vary: bool = false;
     /// `1.0` or `1.1`.
     gzip_http_version: String = "1.1".to_string();

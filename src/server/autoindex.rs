@@ -62,6 +62,7 @@ pub struct Options<'a> {
 ///   [`io::ErrorKind::Other`] without an OS error code, so that an entry vanishing under us
 ///   (ENOENT) is not taken for a missing directory. nginx has sent the header by then and
 ///   closes the connection; the caller has sent nothing and can answer 500.
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn render(dir: &Path, opts: &Options) -> io::Result<Listing> {
     render_with_charset(dir, opts, None)
 }

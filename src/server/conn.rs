@@ -409,6 +409,36 @@ pub fn content_type_for(uri: &str, s: &crate::plan::Settings) -> String {
     }
 }
 
+/// The charset filter: `charset X` adds `; charset=X` to a Content-Type of `charset_types`
+/// that names none (`*` in the list takes every type).
+/// Not for 301 and 302: nginx leaves a redirect's type alone.
+pub fn with_charset<'a>(
+    content_type: &'a str,
+    status: u16,
+    s: &crate::plan::Settings,
+) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
+    if content_type.is_empty()
+        || matches!(status, 301 | 302)
+        || s.charset.as_deref().is_none_or(|c| c == "off")
+    {
+        return Cow::Borrowed(content_type);
+    }
+    let charset = s.charset();
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if content_type.to_ascii_lowercase().contains("charset=") {
+        return Cow::Borrowed(content_type);
+    }
+    let types = s.charset_types();
+    let listed = types
+        .iter()
+        .any(|t| t == "*" || t.eq_ignore_ascii_case(mime));
+    if !listed {
+        return Cow::Borrowed(content_type);
+    }
+    Cow::Owned(format!("{content_type}; charset={charset}"))
+}
+
 /// Sends `100 Continue` when an HTTP/1.1 client waits for it before sending its body.
 pub async fn continue_if_expected<S: AsyncWrite + Unpin>(
     io: &mut S,
@@ -453,7 +483,10 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     let bodyless = status == 204 || status == 304 || (100..200).contains(&status);
     if !bodyless {
         if !content_type.is_empty() {
-            headers.push(("Content-Type".to_string(), content_type.to_string()));
+            headers.push((
+                "Content-Type".to_string(),
+                with_charset(content_type, status, s).into_owned(),
+            ));
         }
         headers.push(("Content-Length".to_string(), body.len().to_string()));
     }
@@ -610,7 +643,10 @@ async fn error_page_with<S: AsyncWrite + Unpin>(
     let headers = vec![
         ("Server".to_string(), server_header(tokens).to_string()),
         ("Date".to_string(), super::http1::date_now()),
-        ("Content-Type".to_string(), "text/html".to_string()),
+        (
+            "Content-Type".to_string(),
+            with_charset("text/html", status, &conf.settings).into_owned(),
+        ),
         ("Content-Length".to_string(), body.len().to_string()),
         (
             "Connection".to_string(),

@@ -127,6 +127,7 @@ where
     }
 
     let content_type = conn::content_type_for(&decision.uri, s);
+    let content_type = conn::with_charset(&content_type, 200, s).into_owned();
     // The range filter, for a 200.
     // nginx 1.22 serves a `.gz` whole (ranges of it came in 1.23.4).
     let ranges = if status == 200 && ex.head.version >= (1, 0) && !encoding {
@@ -298,24 +299,27 @@ where
         callback,
         gmtoff_minutes: gmtoff_minutes(),
     };
-    let listing = match super::autoindex::render(std::path::Path::new(path), &opts) {
-        Ok(l) => l,
-        Err(e) => {
-            let status = if e.kind() == io::ErrorKind::InvalidInput {
-                400
-            } else {
-                match e.raw_os_error() {
-                    Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => 404,
-                    Some(libc::EACCES) => 403,
-                    _ => 500,
+    let charset = s.charset();
+    let charset = (charset != "off").then_some(charset.as_str());
+    let listing =
+        match super::autoindex::render_with_charset(std::path::Path::new(path), &opts, charset) {
+            Ok(l) => l,
+            Err(e) => {
+                let status = if e.kind() == io::ErrorKind::InvalidInput {
+                    400
+                } else {
+                    match e.raw_os_error() {
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => 404,
+                        Some(libc::EACCES) => 403,
+                        _ => 500,
+                    }
+                };
+                if status != 400 && (status != 404 || s.log_not_found()) {
+                    tracing::error!("opendir() \"{path}\" failed ({})", errno_text(&e));
                 }
-            };
-            if status != 400 && (status != 404 || s.log_not_found()) {
-                tracing::error!("opendir() \"{path}\" failed ({})", errno_text(&e));
+                return error(io, buf, ex, decision, plan, shared, status, Vec::new()).await;
             }
-            return error(io, buf, ex, decision, plan, shared, status, Vec::new()).await;
-        }
-    };
+        };
     let head_only = ex.head.method == "HEAD";
     let chunked = ex.head.version >= (1, 1) && s.chunked_transfer_encoding() && !head_only;
     let keepalive = ex.keepalive && (chunked || head_only);
@@ -325,7 +329,10 @@ where
             conn::server_header(s.server_tokens()).to_string(),
         ),
         ("Date".to_string(), http1::date_now()),
-        ("Content-Type".to_string(), listing.content_type.clone()),
+        (
+            "Content-Type".to_string(),
+            conn::with_charset(&listing.content_type, 200, s).into_owned(),
+        ),
     ];
     if chunked {
         headers.push(("Transfer-Encoding".to_string(), "chunked".to_string()));

@@ -818,7 +818,8 @@ async fn deliver<S: AsyncWrite + Unpin>(
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
     {
-        headers.push(ct.clone());
+        let value = super::conn::with_charset(&ct.1, r.status, s).into_owned();
+        headers.push((ct.0.clone(), value));
     }
     match framing {
         ClientFraming::Length(n) => headers.push(("Content-Length".to_string(), n.to_string())),
