@@ -14,6 +14,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::registry::LookupSpan;
 
 static TARGET: Mutex<Option<std::fs::File>> = Mutex::new(None);
+/// The error log's path, for [`reopen`].
+static PATH: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
 
 /// Installs the subscriber. Call once, first thing.
 pub fn init() {
@@ -21,6 +23,8 @@ pub fn init() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A log file, like nginx's, holds no terminal colour codes (in structured fields).
+        .with_ansi(false)
         .event_format(NginxFormat)
         .with_writer(Target)
         .init();
@@ -30,6 +34,7 @@ pub fn init() {
 pub fn set_error_log(path: &Path) -> std::io::Result<()> {
     if path == Path::new("stderr") {
         *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *PATH.lock().unwrap_or_else(|e| e.into_inner()) = None;
         return Ok(());
     }
     let file = std::fs::OpenOptions::new()
@@ -37,7 +42,19 @@ pub fn set_error_log(path: &Path) -> std::io::Result<()> {
         .append(true)
         .open(path)?;
     *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    *PATH.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.to_path_buf());
     Ok(())
+}
+
+/// SIGUSR1 (logrotate): opens the error log's path again, so lines go to the new file once the
+/// old one was moved away. On failure the old file is kept, and the failure logged there.
+pub fn reopen() {
+    let path = PATH.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(path) = path {
+        if let Err(e) = set_error_log(&path) {
+            tracing::error!("open() \"{}\" failed ({e})", path.display());
+        }
+    }
 }
 
 struct Target;
