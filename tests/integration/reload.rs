@@ -802,3 +802,83 @@ fn usr1_reopens_the_logs() {
         "{old}"
     );
 }
+
+#[test]
+fn a_websocket_on_a_replaced_plan_ends_after_worker_shutdown_timeout() {
+    let dir = support::scratch("reload-websocket");
+    let port = free_port();
+    // An upstream that switches protocols, then echoes upper-cased.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let conf = dir.join("nginx.conf");
+    let text = |answer: &str| {
+        format!(
+            "worker_shutdown_timeout 300ms;\n{}",
+            main_conf(
+                &dir,
+                &format!(
+                    "server {{ listen 127.0.0.1:{port};
+                       location /ws/ {{ proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;
+                         proxy_set_header Connection upgrade; proxy_pass http://127.0.0.1:{up}; }}
+                       location / {{ return 200 \"{answer}\"; }} }}"
+                )
+            )
+        )
+    };
+    std::fs::write(&conf, text("one")).unwrap();
+    let server = Server::start(&dir, &conf, &[("PORTICO_NO_WATCH", "1")]);
+    let mut ws = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    ws.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ws.write_all(
+        b"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = ws.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
+    ws.write_all(b"ping").unwrap();
+    let n = ws.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"PING");
+    std::fs::write(&conf, text("two")).unwrap();
+    server.signal("HUP");
+    let (_, ok, lines) = server.next_status(0);
+    assert!(ok, "{lines}");
+    let reloaded = Instant::now();
+    // Still open for now...
+    ws.write_all(b"pong").unwrap();
+    let n = ws.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"PONG");
+    // ...and closed once worker_shutdown_timeout has passed since the plan was replaced.
+    let n = ws.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    let after = reloaded.elapsed();
+    assert!(
+        after >= Duration::from_millis(200) && after < Duration::from_secs(3),
+        "{after:?}"
+    );
+}
