@@ -67,8 +67,12 @@ pub async fn serve<S>(
         } else {
             s.keepalive_timeout().0
         };
-        // An idle keep-alive connection is closed at once when draining starts.
-        let idle = served > 0 && buf.is_empty();
+        // An idle keep-alive connection is closed at once when draining starts, and one
+        // still waiting for a request worker_shutdown_timeout after a reload, as nginx's old
+        // worker closes it.
+        let waiting = buf.is_empty();
+        let idle = served > 0 && waiting;
+        let generation = super::drain::generation();
         let read = tokio::time::timeout(
             Duration::from_millis(wait.max(1)),
             http1::read_head(&mut io, &mut buf, limits),
@@ -76,6 +80,7 @@ pub async fn serve<S>(
         let read = tokio::select! {
             r = read => r,
             _ = shared.drain.until_closing(&configured), if idle => return,
+            _ = super::drain::retired(generation), if waiting => return,
         };
         let (head, len) = match read {
             Err(_) | Ok(Err(_)) | Ok(Ok(Ok(None))) => return,

@@ -143,11 +143,10 @@ pub async fn retired(generation: u64) {
     let mut rx = retirements().subscribe();
     loop {
         let (now, timeout) = *rx.borrow_and_update();
-        if now > generation {
-            match timeout {
-                Some(t) => return tokio::time::sleep(t).await,
-                None => {}
-            }
+        if now > generation
+            && let Some(t) = timeout
+        {
+            return tokio::time::sleep(t).await;
         }
         if rx.changed().await.is_err() {
             return std::future::pending().await;
