@@ -15,6 +15,7 @@ mod pool;
 mod proxy;
 pub mod reload;
 pub mod tls;
+mod upgrade;
 mod upstreams;
 mod watch;
 
@@ -154,6 +155,14 @@ pub enum Bound {
 }
 
 impl Bound {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Bound::Tcp(l) => l.as_raw_fd(),
+            Bound::Unix(l) => l.as_raw_fd(),
+        }
+    }
+
     fn into_tokio(self) -> std::io::Result<Listener> {
         Ok(match self {
             Bound::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
@@ -215,8 +224,14 @@ async fn run(
     options: ServeOptions,
 ) -> ExitCode {
     let mut listeners = Vec::new();
+    // Sockets handed over by a binary upgrade are taken as they are; the others are bound.
+    let mut inherited = upgrade::inherited();
     for socket in &loaded.plan.sockets {
-        match bind(&socket.addr, &socket.opts) {
+        let bound = match inherited.remove(&socket.addr.to_string()) {
+            Some(fd) => upgrade::adopt(&socket.addr, fd),
+            None => bind(&socket.addr, &socket.opts),
+        };
+        match bound {
             Ok((l, shown)) => listeners.push((l, socket, shown)),
             Err(e) => {
                 eprintln!("portico: [emerg] bind() to {} failed ({e})", socket.addr);
@@ -256,13 +271,39 @@ async fn run(
     };
     // A line tests and tools can wait for: every socket is bound and the pid file written.
     eprintln!("portico: ready (pid {})", std::process::id());
-    let code = signals(&shared, &mut reloader, watcher, changes).await;
+    for (_, fd) in inherited {
+        // An inherited socket the configuration no longer has.
+        // SAFETY: the descriptor was handed to this process and nothing else owns it.
+        unsafe { libc::close(fd) };
+    }
+    let code = signals(
+        &shared,
+        &mut reloader,
+        watcher,
+        changes,
+        pid_path.as_deref(),
+    )
+    .await;
     log::flush();
-    reloader.remove_status();
+    // After a binary upgrade the pid file (and the status file) are the new process's.
     if let Some(p) = &pid_path {
-        let _ = std::fs::remove_file(p);
+        if is_ours(p) {
+            let _ = std::fs::remove_file(p);
+            reloader.remove_status();
+        }
+        let old = upgrade::oldbin(p);
+        if is_ours(&old) {
+            let _ = std::fs::remove_file(old);
+        }
+    } else {
+        reloader.remove_status();
     }
     code
+}
+
+/// Whether a pid file holds this process's pid.
+fn is_ours(pid_file: &std::path::Path) -> bool {
+    std::fs::read_to_string(pid_file).is_ok_and(|t| t.trim() == std::process::id().to_string())
 }
 
 /// Waits for signals and file changes: TERM/INT stop at once, QUIT stops gracefully, HUP and a
@@ -272,26 +313,33 @@ async fn signals(
     reloader: &mut reload::Reloader,
     mut watcher: Option<watch::Watcher>,
     mut changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pid_path: Option<&std::path::Path>,
 ) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup), Ok(mut usr1)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::quit()),
         signal(SignalKind::hangup()),
         signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
     ) else {
         return ExitCode::from(1);
     };
+    let current = || pid_path.is_none_or(is_ours);
     loop {
         let cause = tokio::select! {
-            _ = term.recv() => return fast_shutdown(shared, reloader, "SIGTERM"),
-            _ = int.recv() => return fast_shutdown(shared, reloader, "SIGINT"),
+            _ = term.recv() => return fast_shutdown(shared, reloader, "SIGTERM", current()),
+            _ = int.recv() => return fast_shutdown(shared, reloader, "SIGINT", current()),
             _ = quit.recv() => break,
             _ = usr1.recv() => {
                 tracing::info!("reopening logs");
                 crate::logging::reopen();
                 log::reopen();
+                continue;
+            }
+            _ = usr2.recv() => {
+                reloader.upgrade(pid_path);
                 continue;
             }
             _ = hup.recv() => "SIGHUP",
@@ -309,7 +357,7 @@ async fn signals(
         connections = shared.drain.open_connections(),
         "gracefully shutting down"
     );
-    reloader.stop_all();
+    reloader.stop_all(current());
     shared.drain.shut_down();
     let bound = reloader.shutdown_timeout;
     let drained = async {
@@ -330,21 +378,26 @@ async fn signals(
                 );
             }
         }
-        _ = term.recv() => return fast_shutdown(shared, reloader, "SIGTERM"),
-        _ = int.recv() => return fast_shutdown(shared, reloader, "SIGINT"),
+        _ = term.recv() => return fast_shutdown(shared, reloader, "SIGTERM", false),
+        _ = int.recv() => return fast_shutdown(shared, reloader, "SIGINT", false),
     }
     tracing::info!("exit");
     ExitCode::SUCCESS
 }
 
 /// TERM and INT: stop now; open connections are dropped with the runtime.
-fn fast_shutdown(shared: &Shared, reloader: &mut reload::Reloader, signal: &str) -> ExitCode {
+fn fast_shutdown(
+    shared: &Shared,
+    reloader: &mut reload::Reloader,
+    signal: &str,
+    current: bool,
+) -> ExitCode {
     tracing::info!(
         signal,
         connections = shared.drain.open_connections(),
         "exiting"
     );
-    reloader.stop_all();
+    reloader.stop_all(current);
     shared.drain.shut_down();
     ExitCode::SUCCESS
 }

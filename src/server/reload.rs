@@ -199,6 +199,8 @@ pub fn now_nanos() -> u128 {
 struct Running {
     opts: ListenOpts,
     stop: oneshot::Sender<()>,
+    /// The socket's descriptor (owned by the accept loop), for a binary upgrade.
+    fd: std::os::fd::RawFd,
 }
 
 /// The server's side of reloading: the listeners it runs, what the current plan has.
@@ -237,6 +239,7 @@ impl Reloader {
     /// Starts accepting on a bound socket.
     pub fn start(&mut self, listener: super::Bound, addr: ListenAddr, opts: ListenOpts) {
         let (stop, stopped) = oneshot::channel();
+        let fd = listener.as_raw_fd();
         let listener = match listener.into_tokio() {
             Ok(l) => l,
             Err(e) => {
@@ -250,14 +253,34 @@ impl Reloader {
             self.shared.clone(),
             stopped,
         ));
-        self.listeners.insert(addr, Running { opts, stop });
+        self.listeners.insert(addr, Running { opts, stop, fd });
     }
 
-    /// Stops accepting everywhere (a shutdown).
-    pub fn stop_all(&mut self) {
+    /// Stops accepting everywhere (a shutdown). `current`: this process is still the server
+    /// (no binary upgrade took over), so its unix socket files go too.
+    pub fn stop_all(&mut self, current: bool) {
         for (addr, running) in self.listeners.drain() {
             let _ = running.stop.send(());
-            remove_unix_socket(&addr);
+            if current {
+                remove_unix_socket(&addr);
+            }
+        }
+    }
+
+    /// SIGUSR2: starts the new binary with this process's listening sockets.
+    pub fn upgrade(&mut self, pid_path: Option<&Path>) {
+        let sockets: Vec<(ListenAddr, std::os::fd::RawFd)> = self
+            .listeners
+            .iter()
+            .map(|(a, r)| (a.clone(), r.fd))
+            .collect();
+        match super::upgrade::spawn(&sockets, pid_path) {
+            Ok(pid) => tracing::info!(
+                pid,
+                sockets = sockets.len(),
+                "started the new binary with the listening sockets; send this process SIGQUIT once it serves"
+            ),
+            Err(e) => tracing::error!("binary upgrade failed: cannot start the new binary ({e})"),
         }
     }
 

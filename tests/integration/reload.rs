@@ -882,3 +882,91 @@ fn a_websocket_on_a_replaced_plan_ends_after_worker_shutdown_timeout() {
         "{after:?}"
     );
 }
+
+/// Kills the process named by a pid file when dropped (the new binary of an upgrade is not
+/// the test's child).
+struct KillByPidFile(PathBuf);
+
+impl Drop for KillByPidFile {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.trim())
+                .status();
+        }
+    }
+}
+
+#[test]
+fn usr2_hands_the_sockets_to_a_new_binary() {
+    let dir = support::scratch("reload-upgrade");
+    let port = free_port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        main_conf(
+            &dir,
+            &format!("server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"A\"; }} }}"),
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start(&dir, &conf, &[("PORTICO_NO_WATCH", "1")]);
+    let old_pid = server.child.id().to_string();
+    let pid_file = dir.join("portico.pid");
+    let _cleanup = KillByPidFile(pid_file.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            thread::spawn(move || client(port, i % 2 == 0, stop, tally))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(100));
+    server.signal("USR2");
+    // The new binary writes the pid file; the old one's is renamed .oldbin.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_pid = loop {
+        let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        let pid = pid.trim().to_string();
+        if !pid.is_empty() && pid != old_pid {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no new binary: {}", server.log());
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(
+        std::fs::read_to_string(dir.join("portico.pid.oldbin"))
+            .unwrap()
+            .trim(),
+        old_pid
+    );
+    thread::sleep(Duration::from_millis(100));
+    server.signal("QUIT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "old binary still running");
+        thread::sleep(Duration::from_millis(10));
+    }
+    // The new process serves alone now, on the same socket.
+    thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(get(port, "/").unwrap(), (200, "A".to_string()));
+    let failures = tally.failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        &failures[..failures.len().min(10)]
+    );
+    assert!(tally.ok.load(Ordering::Relaxed) > 100);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        new_pid,
+        "the old process left the new one's pid file"
+    );
+    assert!(!dir.join("portico.pid.oldbin").exists());
+}
