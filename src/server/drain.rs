@@ -17,6 +17,8 @@ pub struct Drain {
     shutting_down: AtomicBool,
     /// Listening addresses a reload removed: their connections are closing.
     removed: Mutex<HashSet<ListenAddr>>,
+    /// Whether `removed` has any: the common case asks no lock.
+    any_removed: AtomicBool,
     /// Bumped whenever something starts closing, so idle connections wake and look.
     changed: watch::Sender<u64>,
     open: AtomicUsize,
@@ -29,6 +31,7 @@ impl Default for Drain {
         Drain {
             shutting_down: AtomicBool::new(false),
             removed: Mutex::new(HashSet::new()),
+            any_removed: AtomicBool::new(false),
             changed: watch::channel(0).0,
             open: AtomicUsize::new(0),
             ended: watch::channel(0).0,
@@ -58,11 +61,12 @@ impl Drain {
     /// request (and say `Connection: close` in its answer).
     pub fn closing(&self, configured: &ListenAddr) -> bool {
         self.shutting_down.load(Ordering::Acquire)
-            || self
-                .removed
-                .lock()
-                .map(|r| r.contains(configured))
-                .unwrap_or(false)
+            || (self.any_removed.load(Ordering::Acquire)
+                && self
+                    .removed
+                    .lock()
+                    .map(|r| r.contains(configured))
+                    .unwrap_or(false))
     }
 
     /// Resolves once connections of `configured` are closing; an idle connection waits on
@@ -87,6 +91,7 @@ impl Drain {
     pub fn remove(&self, addrs: impl IntoIterator<Item = ListenAddr>) {
         if let Ok(mut r) = self.removed.lock() {
             r.extend(addrs);
+            self.any_removed.store(!r.is_empty(), Ordering::Release);
         }
         self.changed.send_modify(|n| *n += 1);
     }
@@ -97,6 +102,7 @@ impl Drain {
             for a in addrs {
                 r.remove(a);
             }
+            self.any_removed.store(!r.is_empty(), Ordering::Release);
         }
     }
 
