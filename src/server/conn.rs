@@ -73,14 +73,22 @@ pub async fn serve<S>(
         let waiting = buf.is_empty();
         let idle = served > 0 && waiting;
         let generation = super::drain::generation();
-        let read = tokio::time::timeout(
-            Duration::from_millis(wait.max(1)),
-            http1::read_head(&mut io, &mut buf, limits),
-        );
-        let read = tokio::select! {
-            r = read => r,
-            _ = shared.drain.until_closing(&configured), if idle => return,
-            _ = super::drain::retired(generation), if waiting => return,
+        let wait = Duration::from_millis(wait.max(1));
+        let read = {
+            let read = tokio::time::timeout(wait, http1::read_head(&mut io, &mut buf, limits));
+            // Biased: a request already in the socket is read, not cut off.
+            tokio::select! {
+                biased;
+                r = read => Some(r),
+                _ = shared.drain.until_closing(&configured), if idle => None,
+                _ = super::drain::retired(generation), if waiting => None,
+            }
+        };
+        let read = match read {
+            Some(r) => r,
+            None if buf.is_empty() => return,
+            // Part of a request had come: it is read to its end and answered.
+            None => tokio::time::timeout(wait, http1::read_head(&mut io, &mut buf, limits)).await,
         };
         let (head, len) = match read {
             Err(_) | Ok(Err(_)) | Ok(Ok(Ok(None))) => return,
@@ -94,7 +102,11 @@ pub async fn serve<S>(
         buf.drain(..len);
         served += 1;
         // The request's plan: the one current when its head arrived, kept to its end.
-        let plan = shared.plan.load_full();
+        // On a listener a reload removed, the last plan that had it.
+        let plan = shared
+            .drain
+            .plan_of_removed(&configured)
+            .unwrap_or_else(|| shared.plan.load_full());
         let socket = socket_of(&plan, &local, &configured);
         // nginx refuses TRACE, and CONNECT (405, or 400 without a port).
         let refused = match head.method.as_str() {

@@ -1,22 +1,24 @@
 //! Draining: which listening addresses are closing (removed by a reload, or all of them at a
 //! graceful shutdown) and how many connections are still open. A connection asks
 //! [`Drain::closing`] between requests and ends after its current one; the shutdown waits on
-//! [`Drain::idle`] until the last connection is gone. Nothing here knows the plan.
+//! [`Drain::idle`] until the last connection is gone. A request that arrives on a removed
+//! listener is served by the last plan that had it, as nginx's old worker would serve it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::plan::ListenAddr;
+use crate::plan::{ListenAddr, Plan};
 
 pub struct Drain {
     /// Set once, at a graceful or fast shutdown: every connection is closing.
     shutting_down: AtomicBool,
-    /// Listening addresses a reload removed: their connections are closing.
-    removed: Mutex<HashSet<ListenAddr>>,
+    /// Listening addresses a reload removed: their connections are closing. With the last
+    /// plan that had them, until the next reload.
+    removed: Mutex<HashMap<ListenAddr, Option<Arc<Plan>>>>,
     /// Whether `removed` has any: the common case asks no lock.
     any_removed: AtomicBool,
     /// Bumped whenever something starts closing, so idle connections wake and look.
@@ -30,7 +32,7 @@ impl Default for Drain {
     fn default() -> Drain {
         Drain {
             shutting_down: AtomicBool::new(false),
-            removed: Mutex::new(HashSet::new()),
+            removed: Mutex::new(HashMap::new()),
             any_removed: AtomicBool::new(false),
             changed: watch::channel(0).0,
             open: AtomicUsize::new(0),
@@ -65,7 +67,7 @@ impl Drain {
                 && self
                     .removed
                     .lock()
-                    .map(|r| r.contains(configured))
+                    .map(|r| r.contains_key(configured))
                     .unwrap_or(false))
     }
 
@@ -87,13 +89,29 @@ impl Drain {
         self.open.load(Ordering::Acquire)
     }
 
-    /// A reload dropped these listeners: their open connections finish what they are doing.
-    pub fn remove(&self, addrs: impl IntoIterator<Item = ListenAddr>) {
+    /// The plan a request on `configured` uses when a reload removed that listener.
+    pub fn plan_of_removed(&self, configured: &ListenAddr) -> Option<Arc<Plan>> {
+        if !self.any_removed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.removed.lock().ok()?.get(configured).cloned().flatten()
+    }
+
+    /// A reload dropped these listeners of `old`: their open connections finish what they are
+    /// doing. The plans kept for those of the reload before are let go (their connections have
+    /// had a reload's time to send a request; later ones get the current plan).
+    pub fn remove(&self, addrs: impl IntoIterator<Item = ListenAddr>, old: &Arc<Plan>) {
+        let addrs: Vec<ListenAddr> = addrs.into_iter().collect();
         if let Ok(mut r) = self.removed.lock() {
-            r.extend(addrs);
+            for plan in r.values_mut() {
+                *plan = None;
+            }
+            r.extend(addrs.iter().map(|a| (a.clone(), Some(old.clone()))));
             self.any_removed.store(!r.is_empty(), Ordering::Release);
         }
-        self.changed.send_modify(|n| *n += 1);
+        if !addrs.is_empty() {
+            self.changed.send_modify(|n| *n += 1);
+        }
     }
 
     /// A reload bound these (again): connections accepted on them are not closing.

@@ -331,7 +331,7 @@ impl Reloader {
         // The swap: certificates first, so a connection accepted on a new `ssl` socket finds
         // its configuration; then the plan, in one store. Requests already running keep theirs.
         self.shared.tls.store(Arc::new(loaded.tls));
-        self.shared.plan.store(loaded.plan.clone());
+        let old_plan = self.shared.plan.swap(loaded.plan.clone());
         let new_addrs: BTreeSet<&ListenAddr> =
             loaded.plan.sockets.iter().map(|s| &s.addr).collect();
         let removed: Vec<ListenAddr> = self
@@ -359,7 +359,7 @@ impl Reloader {
             }
             remove_unix_socket(addr);
         }
-        self.shared.drain.remove(removed.iter().cloned());
+        self.shared.drain.remove(removed.iter().cloned(), &old_plan);
         // A kept socket keeps its options: changing them needs a new socket, and binding one
         // while the old still listens would fail (or, with reuseport, split the traffic).
         for socket in &loaded.plan.sockets {

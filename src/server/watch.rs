@@ -149,6 +149,11 @@ impl Watcher {
                     tracing::debug!(dir = %d.display(), "watching");
                     watching.insert(d);
                 }
+                // A directory an include glob names may not exist yet: not worth a warning
+                // at every reload.
+                Err(e) if !d.exists() => {
+                    tracing::debug!(dir = %d.display(), error = %e, "not watched")
+                }
                 Err(e) => tracing::warn!("cannot watch \"{}\" ({e})", d.display()),
             }
         }
