@@ -625,3 +625,76 @@ fn walk(directives: &[config::ast::Directive], text: &str, out: &mut HashMap<(u3
         walk(&block.directives, text, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(dir: &Path, name: &str, http: &str) -> Loaded {
+        let conf = dir.join(name);
+        std::fs::write(&conf, format!("events {{}}\nhttp {{\n{http}\n}}\n")).unwrap();
+        let paths = Paths::new(dir, &conf);
+        match compile(&paths, None) {
+            Ok(l) => l,
+            Err(lines) => panic!("{lines:?}"),
+        }
+    }
+
+    #[test]
+    fn the_reload_line_names_what_changed() {
+        let dir = std::env::temp_dir().join(format!("portico-reload-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = compiled(
+            &dir,
+            "old.conf",
+            "upstream app { server 127.0.0.1:9001; }
+             server { listen 127.0.0.1:8080; server_name a.example;
+               location / { return 200 a; }
+               location /x { proxy_pass http://app; }
+               location /old { return 404; } }",
+        );
+        let new = compiled(
+            &dir,
+            "new.conf",
+            "upstream app { server 127.0.0.1:9002; }
+             server { listen 127.0.0.1:8080; server_name a.example;
+               location / { return 200 a; }
+               location /x { proxy_pass http://app; proxy_set_header X-A 1; }
+               location /y { return 204; } }
+             server { listen 127.0.0.1:8081; server_name b.example; }",
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let before = Summary::of(&old.plan, &old.compiled);
+        let after = Summary::of(&new.plan, &new.compiled);
+        let added = [ListenAddr::Tcp("127.0.0.1:8081".parse().unwrap())];
+        assert_eq!(
+            before.changes(&after, &added, &[]),
+            "servers +1 -0 ~0 (+\"b.example\"), \
+             locations +1 -1 ~1 (+\"a.example\" /y -\"a.example\" /old ~\"a.example\" /x), \
+             upstreams +0 -0 ~1 (~app), listeners +1 -0 (+127.0.0.1:8081)"
+        );
+        assert_eq!(
+            before.changes(&before, &[], &[]),
+            "servers +0 -0 ~0, locations +0 -0 ~0, upstreams +0 -0 ~0, listeners +0 -0"
+        );
+    }
+
+    #[test]
+    fn status_files_round_trip() {
+        let s = Status {
+            started: 1_796_000_000_123_456_789,
+            ok: false,
+            lines: vec![
+                "reload (SIGHUP) failed in 0.4 ms: 1 error".into(),
+                "[emerg] unknown directive \"x\" in /etc/nginx/nginx.conf:3".into(),
+            ],
+        };
+        assert_eq!(Status::parse(&s.to_text()), Some(s));
+        assert_eq!(Status::parse("started x\nresult ok\n"), None);
+        assert_eq!(Status::parse(""), None);
+        assert_eq!(
+            status_path(Path::new("/run/nginx.pid")),
+            PathBuf::from("/run/nginx.pid.reload")
+        );
+    }
+}
