@@ -309,11 +309,13 @@ impl Reloader {
                     }
                 }
             }
-            Ok((loaded, bound))
+            // What changed is worked out here too: it walks every file's tree.
+            let summary = Summary::of(&loaded.plan, &loaded.compiled);
+            Ok((loaded, bound, summary))
         })
         .await;
         let took = clock.elapsed();
-        let (loaded, bound) = match work {
+        let (loaded, bound, summary) = match work {
             Ok(Ok(done)) => done,
             Ok(Err((lines, tried))) => {
                 self.failed(cause, took, started_at, lines, tried);
@@ -376,10 +378,11 @@ impl Reloader {
         }
         self.shutdown_timeout = shutdown_timeout(&loaded.compiled);
         super::drain::retire_plan(self.shutdown_timeout);
-        let summary = Summary::of(&loaded.plan, &loaded.compiled);
         let changes = self.summary.changes(&summary, &added, &removed);
         self.summary = summary;
         self.watched = loaded.watched;
+        // From the trigger to the swap done and the sockets reconciled.
+        let took = clock.elapsed();
         let line = format!("reload ({cause}) done in {} ms: {changes}", millis(took));
         tracing::info!("{line}");
         self.write_status(Status {
