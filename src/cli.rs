@@ -51,6 +51,10 @@ pub struct Cli {
     /// Send a signal to the running server: stop, quit, reopen, reload.
     #[arg(short = 's', value_name = "SIGNAL")]
     pub signal: Option<Signal>,
+    /// Do not reload when a configuration file changes (reload with SIGHUP or -s reload only).
+    /// PORTICO_NO_WATCH=1 does the same.
+    #[arg(long = "no-watch")]
+    pub no_watch: bool,
     /// Print the version and exit.
     #[arg(short = 'v')]
     pub version: bool,
@@ -190,7 +194,7 @@ pub enum Action {
     Serve {
         paths: crate::config::Paths,
         globals: Option<String>,
-        error_log: Option<String>,
+        options: crate::server::ServeOptions,
     },
     Check {
         files: Vec<PathBuf>,
@@ -296,7 +300,10 @@ impl Cli {
         Action::Serve {
             paths,
             globals,
-            error_log: self.error_log,
+            options: crate::server::ServeOptions {
+                error_log: self.error_log,
+                watch: !self.no_watch,
+            },
         }
     }
 }

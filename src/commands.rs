@@ -121,7 +121,7 @@ pub fn test(paths: &Paths, globals: Option<String>, dump: bool, quiet: bool) -> 
 
 /// `-s SIGNAL`: signal the process named by the configuration's pid file.
 pub fn signal(paths: &Paths, globals: Option<String>, signal: Signal) -> ExitCode {
-    let compiled = compile(paths, globals);
+    let compiled = compile(paths, globals.clone());
     let pid_path = pid_file(&compiled, paths);
     let fail = |msg: String| {
         eprintln!("portico: [error] {msg}");
@@ -148,6 +148,22 @@ pub fn signal(paths: &Paths, globals: Option<String>, signal: Signal) -> ExitCod
             ));
         }
     };
+    // A reload: the configuration is compiled here first, by the same pure compiler the
+    // server uses, and a broken one is not signalled at all.
+    let status_path = crate::server::reload::status_path(&pid_path);
+    if signal == Signal::Reload {
+        if let Err(lines) = crate::server::reload::compile(paths, globals.clone()) {
+            for l in &lines {
+                eprintln!("portico: {l}");
+            }
+            eprintln!(
+                "portico: [emerg] configuration file {} test failed; the server was not signalled and keeps its configuration",
+                paths.conf_file.display()
+            );
+            return ExitCode::from(1);
+        }
+    }
+    let sent_at = crate::server::reload::now_nanos();
     // SAFETY: kill(2) has no memory effects; a bad pid is reported through errno.
     if unsafe { libc::kill(pid, signal.number()) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -158,7 +174,51 @@ pub fn signal(paths: &Paths, globals: Option<String>, signal: Signal) -> ExitCod
             os_message(&e)
         ));
     }
+    if signal == Signal::Reload {
+        return wait_for_reload(pid, &status_path, sent_at);
+    }
     ExitCode::SUCCESS
+}
+
+/// Waits for the server to write the outcome of the reload it was asked for (one that started
+/// after the signal went): 0 when it is in, 1 with its diagnostics when it failed (a bind, a
+/// file changed since the check) or when no outcome came within PORTICO_RELOAD_WAIT seconds
+/// (default 10).
+fn wait_for_reload(pid: i32, status_path: &Path, sent_at: u128) -> ExitCode {
+    use crate::server::reload::Status;
+    let wait = std::env::var("PORTICO_RELOAD_WAIT")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(10.0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(wait);
+    loop {
+        if let Some(status) = Status::read(status_path).filter(|s| s.started >= sent_at) {
+            if status.ok {
+                for l in &status.lines {
+                    eprintln!("portico: [notice] {l}");
+                }
+                return ExitCode::SUCCESS;
+            }
+            let mut lines = status.lines.iter();
+            let summary = lines.next();
+            for l in lines {
+                eprintln!("portico: {l}");
+            }
+            if let Some(s) = summary {
+                eprintln!("portico: [emerg] {s}");
+            }
+            return ExitCode::from(1);
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "portico: [error] no reload outcome from process {pid} within {wait} s (\"{}\" not written)",
+                status_path.display()
+            );
+            return ExitCode::from(1);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// The `pid` directive's file (relative to the prefix), or nginx's default.

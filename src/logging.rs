@@ -15,6 +15,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::registry::LookupSpan;
 
 static TARGET: Mutex<Option<std::fs::File>> = Mutex::new(None);
+/// The error log's path, for [`reopen`].
+static PATH: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
 
 /// The least severe level written (`error_log FILE LEVEL`): 0 debug, 1 notice, 2 warn,
 /// 3 error, 4 nothing Portico emits (crit, alert, emerg). Until the server sets it, the
@@ -39,6 +41,8 @@ pub fn init() {
         rank(m.level()) >= MIN_LEVEL.load(Ordering::Relaxed)
     });
     let layer = tracing_subscriber::fmt::layer()
+        // A log file, like nginx's, holds no terminal colour codes (in structured fields).
+        .with_ansi(false)
         .event_format(NginxFormat)
         .with_writer(Target)
         .with_filter(filter)
@@ -47,8 +51,11 @@ pub fn init() {
 }
 
 /// nginx's `error_log` level: what is less severe is not written. nginx's default is
-/// `error`.
+/// `error`. `PORTICO_LOG`, when set, decides alone.
 pub fn set_level(name: &str) {
+    if std::env::var_os("PORTICO_LOG").is_some() {
+        return;
+    }
     let min = match name {
         "debug" => 0,
         "info" | "notice" => 1,
@@ -63,6 +70,7 @@ pub fn set_level(name: &str) {
 pub fn set_error_log(path: &Path) -> std::io::Result<()> {
     if path == Path::new("stderr") {
         *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *PATH.lock().unwrap_or_else(|e| e.into_inner()) = None;
         return Ok(());
     }
     let file = std::fs::OpenOptions::new()
@@ -70,7 +78,19 @@ pub fn set_error_log(path: &Path) -> std::io::Result<()> {
         .append(true)
         .open(path)?;
     *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    *PATH.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.to_path_buf());
     Ok(())
+}
+
+/// SIGUSR1 (logrotate): opens the error log's path again, so lines go to the new file once the
+/// old one was moved away. On failure the old file is kept, and the failure logged there.
+pub fn reopen() {
+    let path = PATH.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(path) = path {
+        if let Err(e) = set_error_log(&path) {
+            tracing::error!("open() \"{}\" failed ({e})", path.display());
+        }
+    }
 }
 
 struct Target;

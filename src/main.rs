@@ -42,8 +42,8 @@ fn main() -> ExitCode {
         Action::Serve {
             paths,
             globals,
-            error_log,
-        } => portico::server::serve(&paths, globals, error_log),
+            options,
+        } => portico::server::serve(&paths, globals, options),
         Action::Check {
             files,
             prefix,

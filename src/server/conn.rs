@@ -47,15 +47,17 @@ pub async fn serve<S>(
     let mut served = 0u64;
     let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     loop {
-        let plan = shared.plan.load_full();
-        let socket = if plan.sockets.iter().any(|s| s.addr == local) {
-            local.clone()
-        } else {
-            configured.clone()
+        // Between requests: a removed listener or a shutdown ends the connection.
+        if served > 0 && shared.drain.closing(&configured) {
+            return;
+        }
+        let default_conf = {
+            let plan = shared.plan.load();
+            let socket = socket_of(&plan, &local, &configured);
+            route::find_socket(&plan, &socket)
+                .map(|s| plan.servers[s.default].conf.clone())
+                .unwrap_or_else(|| plan.http.clone())
         };
-        let default_conf = route::find_socket(&plan, &socket)
-            .map(|s| plan.servers[s.default].conf.clone())
-            .unwrap_or_else(|| plan.http.clone());
         let s = &default_conf.settings;
         let (n, size) = s.large_client_header_buffers();
         let limits = Limits {
@@ -67,11 +69,29 @@ pub async fn serve<S>(
         } else {
             s.keepalive_timeout().0
         };
-        let read = tokio::time::timeout(
-            Duration::from_millis(wait.max(1)),
-            http1::read_head(&mut io, &mut buf, limits),
-        )
-        .await;
+        // An idle keep-alive connection is closed at once when draining starts, and one
+        // still waiting for a request worker_shutdown_timeout after a reload, as nginx's old
+        // worker closes it.
+        let waiting = buf.is_empty();
+        let idle = served > 0 && waiting;
+        let generation = super::drain::generation();
+        let wait = Duration::from_millis(wait.max(1));
+        let read = {
+            let read = tokio::time::timeout(wait, http1::read_head(&mut io, &mut buf, limits));
+            // Biased: a request already in the socket is read, not cut off.
+            tokio::select! {
+                biased;
+                r = read => Some(r),
+                _ = shared.drain.until_closing(&configured), if idle => None,
+                _ = super::drain::retired(generation), if waiting => None,
+            }
+        };
+        let read = match read {
+            Some(r) => r,
+            None if buf.is_empty() => return,
+            // Part of a request had come: it is read to its end and answered.
+            None => tokio::time::timeout(wait, http1::read_head(&mut io, &mut buf, limits)).await,
+        };
         let (head, len) = match read {
             Err(_) | Ok(Err(_)) | Ok(Ok(Ok(None))) => return,
             Ok(Ok(Err(Refused(status)))) => {
@@ -83,6 +103,13 @@ pub async fn serve<S>(
         };
         buf.drain(..len);
         served += 1;
+        // The request's plan: the one current when its head arrived, kept to its end.
+        // On a listener a reload removed, the last plan that had it.
+        let plan = shared
+            .drain
+            .plan_of_removed(&configured)
+            .unwrap_or_else(|| shared.plan.load_full());
+        let socket = socket_of(&plan, &local, &configured);
         // nginx refuses TRACE, and CONNECT (405, or 400 without a port).
         let refused = match head.method.as_str() {
             "TRACE" => Some(405),
@@ -127,6 +154,16 @@ pub async fn serve<S>(
     }
 }
 
+/// The plan's socket a connection is on: its local address when the plan listens there
+/// explicitly, else the configured one it was accepted through.
+fn socket_of(plan: &Plan, local: &ListenAddr, configured: &ListenAddr) -> ListenAddr {
+    if plan.sockets.iter().any(|s| &s.addr == local) {
+        local.clone()
+    } else {
+        configured.clone()
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn handle<S>(
     io: &mut S,
@@ -167,7 +204,8 @@ where
     let s = &conf.settings;
     let keepalive = head.wants_keepalive()
         && s.keepalive_timeout().0 > 0
-        && served_count < s.keepalive_requests();
+        && served_count < s.keepalive_requests()
+        && !shared.drain.closing(socket);
     // nginx refuses a declared body larger than client_max_body_size before anything else.
     if let Framing::Length(n) = framing {
         let max = s.client_max_body_size();

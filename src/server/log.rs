@@ -19,6 +19,8 @@ use super::http1::Head;
 enum Message {
     Line(String, String),
     Flush(mpsc::Sender<()>),
+    /// Close every file (flushed); each is opened again, by path, at its next line.
+    Reopen,
 }
 
 fn writer() -> &'static Mutex<Sender<Message>> {
@@ -54,6 +56,13 @@ fn writer() -> &'static Mutex<Sender<Message>> {
                                     let _ = f.write_all(line.as_bytes());
                                 }
                             }
+                            Message::Reopen => {
+                                for f in files.values_mut() {
+                                    let _ = f.flush();
+                                }
+                                files.clear();
+                                failed.clear();
+                            }
                             Message::Flush(done) => {
                                 for f in files.values_mut() {
                                     let _ = f.flush();
@@ -82,6 +91,13 @@ pub fn flush() {
         .unwrap_or(false);
     if sent {
         let _ = rx.recv_timeout(Duration::from_secs(5));
+    }
+}
+
+/// SIGUSR1: access log files are opened again (logrotate moved them away).
+pub fn reopen() {
+    if let Ok(w) = writer().lock() {
+        let _ = w.send(Message::Reopen);
     }
 }
 

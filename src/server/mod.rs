@@ -2,17 +2,23 @@
 //! current plan. The plan sits behind an `ArcSwap`: each request loads one snapshot and keeps
 //! it for its whole life; a reload swaps in a new one. Upstream state (round-robin positions,
 //! connection pools, failures) lives in [`Upstreams`], outside the plan, and survives reloads.
+//! Reloading (signals, file changes, listener reconciliation) is in [`reload`] and [`watch`];
+//! graceful shutdown drains connections through [`drain`].
 
 mod autoindex;
 mod body;
 mod conn;
+pub mod drain;
 mod files;
 pub mod http1;
 pub mod log;
 mod pool;
 mod proxy;
+pub mod reload;
 pub mod tls;
+mod upgrade;
 mod upstreams;
+mod watch;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,7 +28,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::config::{self, Options, Paths, RealFs};
+use crate::config::{self, Paths};
 use crate::plan::{self, ListenAddr, Plan};
 
 pub use upstreams::Upstreams;
@@ -35,34 +41,23 @@ pub struct Shared {
     pub pool: pool::Pool,
     /// TLS configurations of the current plan's `ssl` sockets, swapped with it.
     pub tls: ArcSwap<tls::TlsSet>,
+    /// Which connections should end after their current request, and how many are open.
+    pub drain: drain::Drain,
 }
 
-/// Compiles the configuration as `nginx -t` would, printing problems nginx's way.
-fn load(
-    paths: &Paths,
-    globals: Option<String>,
-) -> Result<(Arc<Plan>, tls::TlsSet, config::Compiled), ()> {
-    let options = Options {
-        paths: paths.clone(),
-        globals,
-        mode: None,
-    };
-    let mut compiled = config::compile(&RealFs, &options);
-    let plan = plan::build(&mut compiled, &crate::inspect::lower_options(paths));
+/// Compiles the configuration at start, printing problems nginx's way.
+fn load(paths: &Paths, globals: Option<String>) -> Result<reload::Loaded, ()> {
     let mut err = std::io::stderr().lock();
-    for d in &compiled.diagnostics {
-        let _ = writeln!(err, "{}", d.nginx_line(&compiled.sources.map));
-    }
-    if compiled.has_errors() {
-        return Err(());
-    }
-    // Certificates load with the plan: one that does not fails the start or the reload.
-    let plan = Arc::new(plan);
-    match tls::build(&plan) {
-        Ok(set) => Ok((plan, set, compiled)),
-        Err(errors) => {
-            for e in errors {
-                let _ = writeln!(err, "portico: [emerg] {e}");
+    match reload::compile(paths, globals) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                let _ = writeln!(err, "portico: {w}");
+            }
+            Ok(loaded)
+        }
+        Err(lines) => {
+            for l in lines {
+                let _ = writeln!(err, "portico: {l}");
             }
             Err(())
         }
@@ -80,7 +75,7 @@ fn worker_threads(compiled: &config::Compiled) -> usize {
 }
 
 /// The first argument of a main-context directive (`pid`, `worker_processes`, ...).
-fn main_directive(compiled: &config::Compiled, name: &str) -> Option<String> {
+pub(crate) fn main_directive(compiled: &config::Compiled, name: &str) -> Option<String> {
     let root = compiled.sources.root?;
     let mut files = vec![root];
     files.extend(compiled.sources.globals);
@@ -106,15 +101,25 @@ fn main_directive_arg(compiled: &config::Compiled, name: &str, n: usize) -> Opti
     d.args.get(n).map(|a| a.value.clone())
 }
 
+/// How serving was asked for, beyond the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub error_log: Option<String>,
+    /// Reload when a configuration file changes (`--no-watch`, `PORTICO_NO_WATCH=1` turn it off).
+    pub watch: bool,
+}
+
 /// `portico` (no -t): serve until told to stop.
-pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) -> ExitCode {
-    let Ok((plan, tls_set, compiled)) = load(paths, globals.clone()) else {
+pub fn serve(paths: &Paths, globals: Option<String>, options: ServeOptions) -> ExitCode {
+    let error_log = options.error_log.clone();
+    let Ok(loaded) = load(paths, globals.clone()) else {
         eprintln!("portico: [emerg] the configuration has errors; not starting");
         return ExitCode::from(1);
     };
     // The error log: -e, else the main context's error_log, else nginx's default.
+    let compiled = &loaded.compiled;
     let log = error_log
-        .or_else(|| main_directive(&compiled, "error_log"))
+        .or_else(|| main_directive(compiled, "error_log"))
         .unwrap_or_else(|| "/var/log/nginx/error.log".to_string());
     let log_path = if log == "stderr" || log.starts_with('/') {
         PathBuf::from(&log)
@@ -122,7 +127,7 @@ pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) 
         paths.prefix.join(&log)
     };
     crate::logging::set_level(
-        &main_directive_arg(&compiled, "error_log", 1).unwrap_or_else(|| "error".into()),
+        &main_directive_arg(compiled, "error_log", 1).unwrap_or_else(|| "error".into()),
     );
     if let Err(e) = crate::logging::set_error_log(&log_path) {
         eprintln!(
@@ -130,8 +135,8 @@ pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) 
             log_path.display()
         );
     }
-    let threads = worker_threads(&compiled);
-    let pid_path = main_directive(&compiled, "pid").map(|p| {
+    let threads = worker_threads(compiled);
+    let pid_path = main_directive(compiled, "pid").map(|p| {
         let p = PathBuf::from(p);
         if p.is_absolute() {
             p
@@ -155,7 +160,34 @@ pub fn serve(paths: &Paths, globals: Option<String>, error_log: Option<String>) 
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(run(plan, tls_set, pid_path, paths.clone(), globals))
+    runtime.block_on(run(loaded, pid_path, paths.clone(), globals, options))
+}
+
+/// A socket bound and listening, not yet given to the runtime (binding may happen on a
+/// blocking thread during a reload).
+pub enum Bound {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Bound {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Bound::Tcp(l) => l.as_raw_fd(),
+            Bound::Unix(l) => l.as_raw_fd(),
+        }
+    }
+
+    fn into_tokio(self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Bound::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
+            Bound::Unix(l) => {
+                l.set_nonblocking(true)?;
+                Listener::Unix(UnixListener::from_std(l)?)
+            }
+        })
+    }
 }
 
 enum Listener {
@@ -163,7 +195,7 @@ enum Listener {
     Unix(UnixListener),
 }
 
-fn bind(addr: &ListenAddr, opts: &plan::ListenOpts) -> std::io::Result<(Listener, String)> {
+fn bind(addr: &ListenAddr, opts: &plan::ListenOpts) -> std::io::Result<(Bound, String)> {
     match addr {
         ListenAddr::Tcp(a) => {
             let socket = socket2::Socket::new(
@@ -183,16 +215,13 @@ fn bind(addr: &ListenAddr, opts: &plan::ListenOpts) -> std::io::Result<(Listener
             socket.listen(opts.backlog.unwrap_or(511))?;
             let std: std::net::TcpListener = socket.into();
             let local = std.local_addr()?;
-            Ok((
-                Listener::Tcp(TcpListener::from_std(std)?),
-                local.to_string(),
-            ))
+            Ok((Bound::Tcp(std), local.to_string()))
         }
         ListenAddr::Unix(path) => {
             // nginx removes a stale socket file before binding.
             let _ = std::fs::remove_file(path);
-            let l = UnixListener::bind(path)?;
-            Ok((Listener::Unix(l), format!("unix:{path}")))
+            let l = std::os::unix::net::UnixListener::bind(path)?;
+            Ok((Bound::Unix(l), format!("unix:{path}")))
         }
         ListenAddr::Host(h, p) => {
             let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), *p))?
@@ -204,16 +233,22 @@ fn bind(addr: &ListenAddr, opts: &plan::ListenOpts) -> std::io::Result<(Listener
 }
 
 async fn run(
-    plan: Arc<Plan>,
-    tls_set: tls::TlsSet,
+    loaded: reload::Loaded,
     pid_path: Option<PathBuf>,
     paths: Paths,
     globals: Option<String>,
+    options: ServeOptions,
 ) -> ExitCode {
     let mut listeners = Vec::new();
-    for socket in &plan.sockets {
-        match bind(&socket.addr, &socket.opts) {
-            Ok((l, shown)) => listeners.push((l, socket.addr.clone(), shown)),
+    // Sockets handed over by a binary upgrade are taken as they are; the others are bound.
+    let mut inherited = upgrade::inherited();
+    for socket in &loaded.plan.sockets {
+        let bound = match inherited.remove(&socket.addr.to_string()) {
+            Some(fd) => upgrade::adopt(&socket.addr, fd),
+            None => bind(&socket.addr, &socket.opts),
+        };
+        match bound {
+            Ok((l, shown)) => listeners.push((l, socket, shown)),
             Err(e) => {
                 eprintln!("portico: [emerg] bind() to {} failed ({e})", socket.addr);
                 return ExitCode::from(1);
@@ -221,118 +256,258 @@ async fn run(
         }
     }
     let shared = Arc::new(Shared {
-        plan: ArcSwap::new(plan),
+        plan: ArcSwap::new(loaded.plan.clone()),
         upstreams: Upstreams::default(),
         pool: Default::default(),
-        tls: ArcSwap::from_pointee(tls_set),
+        tls: ArcSwap::from_pointee(tls::TlsSet::default()),
+        drain: Default::default(),
     });
-    for (listener, addr, shown) in listeners {
+    let mut reloader =
+        reload::Reloader::new(shared.clone(), paths, globals, &loaded, pid_path.as_deref());
+    for (listener, socket, shown) in listeners {
         eprintln!("portico: listening on {shown}");
         tracing::debug!(address = %shown, "listening");
-        let shared = shared.clone();
-        tokio::spawn(accept_loop(listener, addr, shared));
+        reloader.start(listener, socket.addr.clone(), socket.opts.clone());
     }
+    let watched = loaded.watched.clone();
+    shared.tls.store(Arc::new(loaded.tls));
+    drop(loaded.compiled);
     if let Some(p) = &pid_path {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             eprintln!("portico: [emerg] open() \"{}\" failed ({e})", p.display());
             return ExitCode::from(1);
         }
     }
+    let watch_off = std::env::var("PORTICO_NO_WATCH").is_ok_and(|v| !v.is_empty() && v != "0");
+    let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = if options.watch && !watch_off {
+        watch::Watcher::start(&watched, changes_tx)
+    } else {
+        None
+    };
     // A line tests and tools can wait for: every socket is bound and the pid file written.
     eprintln!("portico: ready (pid {})", std::process::id());
-    let code = signals(shared, &paths, globals).await;
+    for (_, fd) in inherited {
+        // An inherited socket the configuration no longer has.
+        // SAFETY: the descriptor was handed to this process and nothing else owns it.
+        unsafe { libc::close(fd) };
+    }
+    let code = signals(
+        &shared,
+        &mut reloader,
+        watcher,
+        changes,
+        pid_path.as_deref(),
+    )
+    .await;
     log::flush();
+    // After a binary upgrade the pid file (and the status file) are the new process's.
     if let Some(p) = &pid_path {
-        let _ = std::fs::remove_file(p);
+        if is_ours(p) {
+            let _ = std::fs::remove_file(p);
+            reloader.remove_status();
+        }
+        let old = upgrade::oldbin(p);
+        if is_ours(&old) {
+            let _ = std::fs::remove_file(old);
+        }
+    } else {
+        reloader.remove_status();
     }
     code
 }
 
-/// Waits for signals: TERM/INT stop, QUIT stops gracefully, HUP reloads the plan.
-async fn signals(shared: Arc<Shared>, paths: &Paths, globals: Option<String>) -> ExitCode {
+/// Whether a pid file holds this process's pid.
+fn is_ours(pid_file: &std::path::Path) -> bool {
+    std::fs::read_to_string(pid_file).is_ok_and(|t| t.trim() == std::process::id().to_string())
+}
+
+/// Waits for signals and file changes: TERM/INT stop at once, QUIT stops gracefully, HUP and a
+/// changed configuration file reload, USR1 reopens the log files.
+async fn signals(
+    shared: &Arc<Shared>,
+    reloader: &mut reload::Reloader,
+    mut watcher: Option<watch::Watcher>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pid_path: Option<&std::path::Path>,
+) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::quit()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
     ) else {
         return ExitCode::from(1);
     };
+    let current = || pid_path.is_none_or(is_ours);
     loop {
-        tokio::select! {
-            _ = term.recv() => return ExitCode::SUCCESS,
-            _ = int.recv() => return ExitCode::SUCCESS,
-            _ = quit.recv() => return ExitCode::SUCCESS,
-            _ = hup.recv() => {
-                match load(paths, globals.clone()) {
-                    Ok((plan, tls_set, _)) => {
-                        shared.tls.store(Arc::new(tls_set));
-                        shared.plan.store(plan);
-                        tracing::info!("configuration reloaded");
-                    }
-                    Err(()) => tracing::error!("reload failed; the previous configuration stays"),
-                }
+        let cause = tokio::select! {
+            _ = term.recv() => return fast_shutdown(shared, reloader, "SIGTERM", current()),
+            _ = int.recv() => return fast_shutdown(shared, reloader, "SIGINT", current()),
+            _ = quit.recv() => break,
+            _ = usr1.recv() => {
+                tracing::info!("reopening logs");
+                crate::logging::reopen();
+                log::reopen();
+                continue;
             }
+            _ = usr2.recv() => {
+                reloader.upgrade(pid_path);
+                continue;
+            }
+            _ = hup.recv() => "SIGHUP",
+            Some(()) = changes.recv() => "file change",
+        };
+        reloader.reload(cause).await;
+        if let Some(w) = watcher.as_mut() {
+            w.follow(&reloader.watched);
         }
     }
+    // SIGQUIT: stop accepting, let every request finish (keep-alive connections close after
+    // their current one), within worker_shutdown_timeout when it is set.
+    drop(watcher);
+    tracing::info!(
+        connections = shared.drain.open_connections(),
+        "gracefully shutting down"
+    );
+    reloader.stop_all(current());
+    shared.drain.shut_down();
+    let bound = reloader.shutdown_timeout;
+    let drained = async {
+        match bound {
+            Some(t) => tokio::time::timeout(t, shared.drain.idle()).await.is_ok(),
+            None => {
+                shared.drain.idle().await;
+                true
+            }
+        }
+    };
+    tokio::select! {
+        done = drained => {
+            if !done {
+                tracing::warn!(
+                    connections = shared.drain.open_connections(),
+                    "worker_shutdown_timeout expired; closing the remaining connections"
+                );
+            }
+        }
+        _ = term.recv() => return fast_shutdown(shared, reloader, "SIGTERM", false),
+        _ = int.recv() => return fast_shutdown(shared, reloader, "SIGINT", false),
+    }
+    tracing::info!("exit");
+    ExitCode::SUCCESS
 }
 
-async fn accept_loop(listener: Listener, addr: ListenAddr, shared: Arc<Shared>) {
+/// TERM and INT: stop now; open connections are dropped with the runtime.
+fn fast_shutdown(
+    shared: &Shared,
+    reloader: &mut reload::Reloader,
+    signal: &str,
+    current: bool,
+) -> ExitCode {
+    tracing::info!(
+        signal,
+        connections = shared.drain.open_connections(),
+        "exiting"
+    );
+    reloader.stop_all(current);
+    shared.drain.shut_down();
+    ExitCode::SUCCESS
+}
+
+/// Accepts until `stop` fires (or its sender is dropped), then closes the socket. Every
+/// connection is counted in `shared.drain` until it ends.
+async fn accept_loop(
+    listener: Listener,
+    addr: ListenAddr,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     loop {
         match &listener {
-            Listener::Tcp(l) => match l.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let local = stream
-                        .local_addr()
-                        .map(ListenAddr::Tcp)
-                        .unwrap_or_else(|_| addr.clone());
-                    match shared.tls.load().get(&addr) {
-                        Some(config) => {
-                            tokio::spawn(tls_connection(
-                                config,
-                                stream,
-                                peer,
-                                local,
-                                addr.clone(),
-                                shared.clone(),
-                            ));
-                        }
-                        None => {
-                            tokio::spawn(conn::serve(
-                                stream,
-                                peer,
-                                local,
-                                addr.clone(),
-                                shared.clone(),
-                                None,
-                            ));
+            Listener::Tcp(l) => {
+                let accepted = tokio::select! {
+                    biased;
+                    _ = &mut stop => return,
+                    a = l.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let local = stream
+                            .local_addr()
+                            .map(ListenAddr::Tcp)
+                            .unwrap_or_else(|_| addr.clone());
+                        let tracked = drain::track(&shared);
+                        match shared.tls.load().get(&addr) {
+                            Some(config) => {
+                                let serve = tls_connection(
+                                    config,
+                                    stream,
+                                    peer,
+                                    local,
+                                    addr.clone(),
+                                    shared.clone(),
+                                );
+                                tokio::spawn(async move {
+                                    serve.await;
+                                    drop(tracked);
+                                });
+                            }
+                            None => {
+                                let serve = conn::serve(
+                                    stream,
+                                    peer,
+                                    local,
+                                    addr.clone(),
+                                    shared.clone(),
+                                    None,
+                                );
+                                tokio::spawn(async move {
+                                    serve.await;
+                                    drop(tracked);
+                                });
+                            }
                         }
                     }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept() failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept() failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Listener::Unix(l) => {
+                let accepted = tokio::select! {
+                    biased;
+                    _ = &mut stop => return,
+                    a = l.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, _)) => {
+                        let peer = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+                        let tracked = drain::track(&shared);
+                        let serve = conn::serve(
+                            stream,
+                            peer,
+                            addr.clone(),
+                            addr.clone(),
+                            shared.clone(),
+                            None,
+                        );
+                        tokio::spawn(async move {
+                            serve.await;
+                            drop(tracked);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept() failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                 }
-            },
-            Listener::Unix(l) => match l.accept().await {
-                Ok((stream, _)) => {
-                    let peer = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-                    tokio::spawn(conn::serve(
-                        stream,
-                        peer,
-                        addr.clone(),
-                        addr.clone(),
-                        shared.clone(),
-                        None,
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept() failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
+            }
         }
     }
 }

@@ -757,7 +757,12 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
         up.write_all(buf).await?;
         buf.clear();
     }
-    let _ = tokio::io::copy_bidirectional(io, &mut up).await;
+    // A tunnel opened on a plan that a reload replaced ends worker_shutdown_timeout later.
+    let generation = super::drain::generation();
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(io, &mut up) => {}
+        _ = super::drain::retired(generation) => {}
+    }
     Ok(false)
 }
 

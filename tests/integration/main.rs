@@ -6,6 +6,7 @@ mod corpus;
 mod differential;
 mod golden;
 mod proxy;
+mod reload;
 mod routing;
 mod serve;
 mod support;

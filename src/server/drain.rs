@@ -1,0 +1,179 @@
+//! Draining: which listening addresses are closing (removed by a reload, or all of them at a
+//! graceful shutdown) and how many connections are still open. A connection asks
+//! [`Drain::closing`] between requests and ends after its current one; the shutdown waits on
+//! [`Drain::idle`] until the last connection is gone. A request that arrives on a removed
+//! listener is served by the last plan that had it, as nginx's old worker would serve it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::plan::{ListenAddr, Plan};
+
+pub struct Drain {
+    /// Set once, at a graceful or fast shutdown: every connection is closing.
+    shutting_down: AtomicBool,
+    /// Listening addresses a reload removed: their connections are closing. With the last
+    /// plan that had them, until the next reload.
+    removed: Mutex<HashMap<ListenAddr, Option<Arc<Plan>>>>,
+    /// Whether `removed` has any: the common case asks no lock.
+    any_removed: AtomicBool,
+    /// Bumped whenever something starts closing, so idle connections wake and look.
+    changed: watch::Sender<u64>,
+    open: AtomicUsize,
+    /// Bumped when a connection ends.
+    ended: watch::Sender<u64>,
+}
+
+impl Default for Drain {
+    fn default() -> Drain {
+        Drain {
+            shutting_down: AtomicBool::new(false),
+            removed: Mutex::new(HashMap::new()),
+            any_removed: AtomicBool::new(false),
+            changed: watch::channel(0).0,
+            open: AtomicUsize::new(0),
+            ended: watch::channel(0).0,
+        }
+    }
+}
+
+/// Held by a connection's task: counts it as open until dropped.
+pub struct Tracked(Arc<super::Shared>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let drain = &self.0.drain;
+        drain.open.fetch_sub(1, Ordering::AcqRel);
+        drain.ended.send_modify(|n| *n += 1);
+    }
+}
+
+/// Counts a connection of `shared` as open while the returned guard lives.
+pub fn track(shared: &Arc<super::Shared>) -> Tracked {
+    shared.drain.open.fetch_add(1, Ordering::AcqRel);
+    Tracked(shared.clone())
+}
+
+impl Drain {
+    /// Whether connections that came in through `configured` should end after their current
+    /// request (and say `Connection: close` in its answer).
+    pub fn closing(&self, configured: &ListenAddr) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+            || (self.any_removed.load(Ordering::Acquire)
+                && self
+                    .removed
+                    .lock()
+                    .map(|r| r.contains_key(configured))
+                    .unwrap_or(false))
+    }
+
+    /// Resolves once connections of `configured` are closing; an idle connection waits on
+    /// this next to its read of the next request.
+    pub async fn until_closing(&self, configured: &ListenAddr) {
+        let mut rx = self.changed.subscribe();
+        loop {
+            if self.closing(configured) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// The plan a request on `configured` uses when a reload removed that listener.
+    pub fn plan_of_removed(&self, configured: &ListenAddr) -> Option<Arc<Plan>> {
+        if !self.any_removed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.removed.lock().ok()?.get(configured).cloned().flatten()
+    }
+
+    /// A reload dropped these listeners of `old`: their open connections finish what they are
+    /// doing. The plans kept for those of the reload before are let go (their connections have
+    /// had a reload's time to send a request; later ones get the current plan).
+    pub fn remove(&self, addrs: impl IntoIterator<Item = ListenAddr>, old: &Arc<Plan>) {
+        let addrs: Vec<ListenAddr> = addrs.into_iter().collect();
+        if let Ok(mut r) = self.removed.lock() {
+            for plan in r.values_mut() {
+                *plan = None;
+            }
+            r.extend(addrs.iter().map(|a| (a.clone(), Some(old.clone()))));
+            self.any_removed.store(!r.is_empty(), Ordering::Release);
+        }
+        if !addrs.is_empty() {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A reload bound these (again): connections accepted on them are not closing.
+    pub fn restore(&self, addrs: &[ListenAddr]) {
+        if let Ok(mut r) = self.removed.lock() {
+            for a in addrs {
+                r.remove(a);
+            }
+            self.any_removed.store(!r.is_empty(), Ordering::Release);
+        }
+    }
+
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves when no connection is open.
+    pub async fn idle(&self) {
+        let mut rx = self.ended.subscribe();
+        while self.open_connections() > 0 {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Plans replaced so far, and the `worker_shutdown_timeout` of the latest: a long-lived
+/// connection (a WebSocket tunnel) opened on an older plan ends that long after the plan
+/// was replaced, rather than piling up across reloads. Process-wide, as the plan is.
+fn retirements() -> &'static watch::Sender<(u64, Option<Duration>)> {
+    static CELL: OnceLock<watch::Sender<(u64, Option<Duration>)>> = OnceLock::new();
+    CELL.get_or_init(|| watch::channel((0, None)).0)
+}
+
+/// Called by a reload once the new plan is in.
+pub fn retire_plan(timeout: Option<Duration>) {
+    retirements().send_modify(|(generation, t)| {
+        *generation += 1;
+        *t = timeout;
+    });
+}
+
+/// The plan generation now: a tunnel notes it when it opens.
+pub fn generation() -> u64 {
+    retirements().borrow().0
+}
+
+/// Resolves `worker_shutdown_timeout` after the plan of `generation` was replaced; never when
+/// the timeout is not set (nginx's default: no bound).
+pub async fn retired(generation: u64) {
+    let mut rx = retirements().subscribe();
+    loop {
+        let (now, timeout) = *rx.borrow_and_update();
+        if now > generation
+            && let Some(t) = timeout
+        {
+            return tokio::time::sleep(t).await;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
