@@ -55,6 +55,8 @@ pub struct Plan {
     pub http: Arc<LocConf>,
     /// `log_format`s by name, `combined` included.
     pub log_formats: HashMap<String, LogFormat>,
+    /// Whether a log format reads `$sent_http_NAME`: the runtime then keeps what it sent.
+    pub log_sent_headers: bool,
     /// nginx's prefix, which relative paths the runtime opens (temp paths) start from.
     pub prefix: String,
 }

@@ -31,6 +31,8 @@ pub struct Exchange<'a> {
     pub request: &'a route::Request,
     /// `expires`, evaluated (see [`route::Decision::expires`]).
     pub expires: Option<&'a [String]>,
+    /// Keep the answer's headers (the plan's log formats read them).
+    pub sent_headers: bool,
 }
 
 pub async fn serve<S>(
@@ -224,6 +226,7 @@ where
         conf: &conf,
         request: &request,
         expires: decision.expires.as_deref(),
+        sent_headers: plan.log_sent_headers,
     };
     let started = std::time::Instant::now();
     let result = serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive).await;
@@ -274,6 +277,15 @@ where
             let mut extra = keep;
             extra.extend(add_headers(ex, status));
             extra.extend(late_headers(ex, decision, plan, status, known));
+            if ex.sent_headers {
+                // The page's lines, for `$sent_http_NAME`.
+                let mut lines = vec![(
+                    "Content-Type".to_string(),
+                    with_charset("text/html", status, &ex.conf.settings).into_owned(),
+                )];
+                lines.extend(extra.iter().cloned());
+                ex.note_headers(&lines);
+            }
             error_page_with(io, status, ex.conf, ex.keepalive, extra).await?;
             ex.record(status, 0, 0);
             return Ok(ex.keepalive);
@@ -291,6 +303,7 @@ where
             conf: &page.conf,
             request: ex.request,
             expires: page.expires.as_deref(),
+            sent_headers: ex.sent_headers,
         };
         let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
         if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
@@ -538,6 +551,7 @@ pub async fn respond<S: AsyncWrite + Unpin>(
         status,
         headers,
     };
+    ex.note_headers(&head.headers);
     let mut out = head.to_bytes();
     let head_len = out.len();
     if ex.head.method != "HEAD" && !bodyless {
@@ -559,6 +573,16 @@ pub async fn respond<S: AsyncWrite + Unpin>(
 
 impl Exchange<'_> {
     /// Notes what was sent, for the access log.
+    /// Keeps the header lines of the answer, for `$sent_http_NAME` in the access log.
+    pub fn note_headers(&self, headers: &[(String, String)]) {
+        if !self.sent_headers {
+            return;
+        }
+        if let Ok(mut s) = self.served.lock() {
+            s.sent_headers = headers.to_vec();
+        }
+    }
+
     pub fn record(&self, status: u16, bytes: usize, body: usize) {
         if let Ok(mut s) = self.served.lock() {
             s.status = status;

@@ -229,6 +229,7 @@ where
         status,
         headers,
     };
+    ex.note_headers(&head.headers);
     let mut out = head.to_bytes();
     let head_len = out.len();
     let send_body = method != "HEAD" && status != 304;
@@ -349,6 +350,7 @@ where
         status: 200,
         headers,
     };
+    ex.note_headers(&head.headers);
     let mut out = head.to_bytes();
     let head_len = out.len();
     if !head_only {

@@ -111,6 +111,8 @@ pub struct Served {
     pub upstreams: Vec<UpstreamState>,
     /// `$request_body`: the body read for the upstream, when it was kept in memory.
     pub request_body: Option<String>,
+    /// The answer's header lines, when a log format reads `$sent_http_NAME`.
+    pub sent_headers: Vec<(String, String)>,
 }
 
 /// One attempt on an upstream server, for the `$upstream_*` variables.
@@ -191,11 +193,10 @@ pub fn write(e: &Entry<'_>) {
             use crate::plan::template::Part;
             match part {
                 Part::Lit(l) => line.push_str(l),
+                // A variable that is not found is `-`; one that is empty writes nothing.
                 Part::Var(v) => match e.var(v) {
-                    Some(value) if !value.is_empty() => {
-                        line.push_str(&escape(&value, &format.escape))
-                    }
-                    _ => {
+                    Some(value) => line.push_str(&escape(&value, &format.escape)),
+                    None => {
                         if format.escape != "json" {
                             line.push('-')
                         }
@@ -309,6 +310,21 @@ impl Resolve for Entry<'_> {
                     }),
             ),
             Var::Http(name) => Cow::Borrowed(h.header(&name.replace('_', "-"))?),
+            Var::SentHttp(name) => {
+                // Every line of that name, joined as nginx joins a multi-line header.
+                let name = name.replace('_', "-");
+                let values: Vec<&str> = self
+                    .served
+                    .sent_headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                if values.is_empty() {
+                    return None;
+                }
+                Cow::Owned(values.join(", "))
+            }
             Var::ContentType => Cow::Borrowed(h.header("content-type")?),
             Var::ContentLength => Cow::Borrowed(h.header("content-length")?),
             Var::Named(n) => match n.as_str() {

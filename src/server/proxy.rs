@@ -745,6 +745,7 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
         status: 101,
         headers,
     };
+    ex.note_headers(&head.headers);
     let out = head.to_bytes();
     ex.record(101, out.len(), 0);
     io.write_all(&out).await?;
@@ -903,6 +904,7 @@ async fn deliver<S: AsyncWrite + Unpin>(
         status: r.status,
         headers,
     };
+    ex.note_headers(&head.headers);
     let mut out = head.to_bytes();
     let head_len = out.len();
     // The usual small answer is all here already: the upstream goes back first, then head and
