@@ -18,10 +18,155 @@ static TARGET: Mutex<Option<std::fs::File>> = Mutex::new(None);
 /// The error log's path, for [`reopen`].
 static PATH: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
 
-/// The least severe level written (`error_log FILE LEVEL`): 0 debug, 1 notice, 2 warn,
-/// 3 error, 4 nothing Portico emits (crit, alert, emerg). Until the server sets it, the
-/// `PORTICO_LOG` filter alone decides.
+/// The least severe level any log takes (`error_log FILE LEVEL`): 0 debug, 1 notice,
+/// 2 warn, 3 error, 4 nothing Portico emits (crit, alert, emerg). Until the server sets it,
+/// the `PORTICO_LOG` filter alone decides.
 static MIN_LEVEL: AtomicU8 = AtomicU8::new(0);
+/// The main error log's own level.
+static MAIN_LEVEL: AtomicU8 = AtomicU8::new(0);
+/// Whether `PORTICO_LOG` decides alone (levels of `error_log` are then not applied).
+static ENV_DECIDES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An `error_log` of an http, server or location level: the file and its level.
+pub struct LogFile {
+    path: String,
+    min: u8,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl LogFile {
+    fn open(path: &str) -> Option<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| eprintln!("portico: [alert] open() \"{path}\" failed ({e})"))
+            .ok()
+    }
+
+    fn write(&self, level: u8, line: &[u8]) {
+        if level < self.min && !ENV_DECIDES.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.path == "stderr" {
+            let _ = std::io::stderr().write_all(line);
+            return;
+        }
+        if let Some(f) = self.file.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let _ = f.write_all(line);
+        }
+    }
+}
+
+/// The files of the current plan's inner `error_log`s, by path.
+static LOGS: Mutex<Vec<std::sync::Arc<LogFile>>> = Mutex::new(Vec::new());
+
+/// Opens the inner `error_log`s of a (new) plan: (path, level). A file already open stays
+/// open; the others are closed.
+pub fn open_logs(list: &[(String, String)]) {
+    let mut logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next = Vec::new();
+    for (path, level) in list {
+        let min = level_rank(level);
+        match logs.iter().find(|l| l.path == *path && l.min == min) {
+            Some(l) => next.push(l.clone()),
+            None => next.push(std::sync::Arc::new(LogFile {
+                path: path.clone(),
+                min,
+                file: Mutex::new(if path == "stderr" {
+                    None
+                } else {
+                    LogFile::open(path)
+                }),
+            })),
+        }
+    }
+    *logs = next;
+    drop(logs);
+    update_gate();
+}
+
+/// The open log for an `error_log` of the plan.
+pub fn request_log(path: &str, level: &str) -> Option<std::sync::Arc<LogFile>> {
+    let min = level_rank(level);
+    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    logs.iter()
+        .find(|l| l.path == path && l.min == min)
+        .cloned()
+}
+
+fn update_gate() {
+    if ENV_DECIDES.load(Ordering::Relaxed) {
+        return;
+    }
+    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    let min = logs
+        .iter()
+        .map(|l| l.min)
+        .chain([MAIN_LEVEL.load(Ordering::Relaxed)])
+        .min()
+        .unwrap_or(0);
+    MIN_LEVEL.store(min, Ordering::Relaxed);
+}
+
+fn level_rank(name: &str) -> u8 {
+    match name {
+        "debug" => 0,
+        "info" | "notice" => 1,
+        "warn" => 2,
+        "error" => 3,
+        _ => 4,
+    }
+}
+
+thread_local! {
+    /// While [`capture`] runs: the lines written, with their levels.
+    static CAPTURE: std::cell::RefCell<Option<Vec<(u8, Vec<u8>)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+tokio::task_local! {
+    /// The error log of the request being served, when its configuration names one.
+    static REQUEST_LOG: Option<std::sync::Arc<LogFile>>;
+}
+
+/// Runs `f` (synchronous: routing) and returns what it logged instead of writing it, so the
+/// lines can go to the log of the location it chose.
+pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<(u8, Vec<u8>)>) {
+    let before = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let lines = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), before));
+    (r, lines.unwrap_or_default())
+}
+
+/// Writes captured lines to `log`, or the main error log.
+pub fn emit(lines: Vec<(u8, Vec<u8>)>, log: Option<&LogFile>) {
+    for (level, line) in lines {
+        match log {
+            Some(l) => l.write(level, &line),
+            None => write_main(level, &line),
+        }
+    }
+}
+
+/// Runs `fut` with `log` as the error log of what it logs.
+pub async fn scoped<F: std::future::Future>(
+    log: Option<std::sync::Arc<LogFile>>,
+    fut: F,
+) -> F::Output {
+    REQUEST_LOG.scope(log, fut).await
+}
+
+fn write_main(level: u8, line: &[u8]) {
+    if level < MAIN_LEVEL.load(Ordering::Relaxed) && !ENV_DECIDES.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut guard = TARGET.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = match guard.as_mut() {
+        Some(f) => f.write_all(line),
+        None => std::io::stderr().write_all(line),
+    };
+}
 
 fn rank(level: &Level) -> u8 {
     match *level {
@@ -54,16 +199,11 @@ pub fn init() {
 /// `error`. `PORTICO_LOG`, when set, decides alone.
 pub fn set_level(name: &str) {
     if std::env::var_os("PORTICO_LOG").is_some() {
+        ENV_DECIDES.store(true, Ordering::Relaxed);
         return;
     }
-    let min = match name {
-        "debug" => 0,
-        "info" | "notice" => 1,
-        "warn" => 2,
-        "error" => 3,
-        _ => 4,
-    };
-    MIN_LEVEL.store(min, Ordering::Relaxed);
+    MAIN_LEVEL.store(level_rank(name), Ordering::Relaxed);
+    update_gate();
 }
 
 /// From now on, write the log to `path` (appending); "stderr" keeps standard error.
@@ -91,19 +231,38 @@ pub fn reopen() {
             tracing::error!("open() \"{}\" failed ({e})", path.display());
         }
     }
+    for log in LOGS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        if log.path != "stderr" {
+            *log.file.lock().unwrap_or_else(|e| e.into_inner()) = LogFile::open(&log.path);
+        }
+    }
 }
 
 struct Target;
 
-struct TargetWriter;
+struct TargetWriter {
+    level: u8,
+}
 
 impl Write for TargetWriter {
+    /// One formatted event: to the capture, the request's log, or the main log.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut guard = TARGET.lock().unwrap_or_else(|e| e.into_inner());
-        match guard.as_mut() {
-            Some(f) => f.write(buf),
-            None => std::io::stderr().write(buf),
+        let captured = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+            Some(lines) => {
+                lines.push((self.level, buf.to_vec()));
+                true
+            }
+            None => false,
+        });
+        if captured {
+            return Ok(buf.len());
         }
+        if let Ok(Some(log)) = REQUEST_LOG.try_with(|l| l.clone()) {
+            log.write(self.level, buf);
+            return Ok(buf.len());
+        }
+        write_main(self.level, buf);
+        Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -113,7 +272,13 @@ impl Write for TargetWriter {
 impl<'a> MakeWriter<'a> for Target {
     type Writer = TargetWriter;
     fn make_writer(&'a self) -> TargetWriter {
-        TargetWriter
+        TargetWriter { level: 3 }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> TargetWriter {
+        TargetWriter {
+            level: rank(meta.level()),
+        }
     }
 }
 

@@ -784,6 +784,22 @@ impl<'a> Lowerer<'a> {
             }
             "default_type" => s.default_type = Some(first.to_string()),
             "charset" => s.charset = Some(first.to_string()),
+            "error_log" => {
+                let path = if first == "stderr" || first.starts_with('/') {
+                    first.to_string()
+                } else {
+                    self.full_name(first)
+                };
+                let level = a.get(1).map_or("error", |l| l).to_string();
+                let entry = (path, level);
+                if !self.plan.error_logs.contains(&entry) {
+                    self.plan.error_logs.push(entry.clone());
+                }
+                // The first of a level's error_logs is the one Portico writes to.
+                if s.error_log.is_none() {
+                    s.error_log = Some(Some(entry));
+                }
+            }
             "charset_types" => {
                 // text/html is always among them, as in nginx.
                 let mut types: Vec<String> = a.iter().map(|t| t.to_ascii_lowercase()).collect();

@@ -55,6 +55,9 @@ pub struct Plan {
     pub http: Arc<LocConf>,
     /// `log_format`s by name, `combined` included.
     pub log_formats: HashMap<String, LogFormat>,
+    /// Every `error_log` of the http, server and location levels: (path, level), for the
+    /// runtime to open.
+    pub error_logs: Vec<(String, String)>,
     /// Whether a log format reads `$sent_http_NAME`: the runtime then keeps what it sent.
     pub log_sent_headers: bool,
     /// nginx's prefix, which relative paths the runtime opens (temp paths) start from.

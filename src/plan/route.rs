@@ -1312,6 +1312,9 @@ impl<'p> State<'p> {
                         &dir
                     };
                     if !files.is_dir(d) {
+                        if self.conf.settings.log_not_found() {
+                            tracing::error!("\"{d}\" is not found (2: No such file or directory)");
+                        }
                         if self.explain {
                             self.trace.push(format!("index: {dir} is not found: 404"));
                         }

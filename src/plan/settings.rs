@@ -263,6 +263,9 @@ settings! {
     /// The value of `expires` when it has variables (evaluated per request).
     expires_value: Option<Template> = None;
     gzip_static: String = "off".to_string();
+    /// `error_log` of an http, server or location level: (path, level); `None`: the main
+    /// error log.
+    error_log: Option<(String, String)> = None;
     /// `charset`: added to the Content-Type of `charset_types` answers; `off` by default.
     charset: String = "off".to_string();
     charset_types: Vec<String> = [

@@ -201,7 +201,16 @@ where
         explain: false,
         requests: served_count,
     };
-    let decision = route::route(plan, &request, &RealFiles);
+    // Routing's log lines go to the error_log of the location it chose, as what serving logs.
+    let (decision, lines) = crate::logging::capture(|| route::route(plan, &request, &RealFiles));
+    let log = decision
+        .conf
+        .settings
+        .error_log
+        .as_ref()
+        .and_then(|l| l.as_ref())
+        .and_then(|(path, level)| crate::logging::request_log(path, level));
+    crate::logging::emit(lines, log.as_deref());
     let conf = decision.conf.clone();
     let s = &conf.settings;
     let keepalive = head.wants_keepalive()
@@ -229,7 +238,11 @@ where
         sent_headers: plan.log_sent_headers,
     };
     let started = std::time::Instant::now();
-    let result = serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive).await;
+    let result = crate::logging::scoped(
+        log.clone(),
+        serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive),
+    )
+    .await;
     let served = ex.served.lock().map(|s| s.clone()).unwrap_or_default();
     if served.status != 0 {
         super::log::write(&super::log::Entry {

@@ -255,6 +255,7 @@ async fn run(
             }
         }
     }
+    crate::logging::open_logs(&loaded.plan.error_logs);
     let shared = Arc::new(Shared {
         plan: ArcSwap::new(loaded.plan.clone()),
         upstreams: Upstreams::default(),

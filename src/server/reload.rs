@@ -333,6 +333,7 @@ impl Reloader {
         // The swap: certificates first, so a connection accepted on a new `ssl` socket finds
         // its configuration; then the plan, in one store. Requests already running keep theirs.
         self.shared.tls.store(Arc::new(loaded.tls));
+        crate::logging::open_logs(&loaded.plan.error_logs);
         let old_plan = self.shared.plan.swap(loaded.plan.clone());
         let new_addrs: BTreeSet<&ListenAddr> =
             loaded.plan.sockets.iter().map(|s| &s.addr).collect();

@@ -4,6 +4,7 @@
 
 mod corpus;
 mod differential;
+mod files;
 mod golden;
 mod proxy;
 mod reload;
