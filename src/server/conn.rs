@@ -43,7 +43,7 @@ pub async fn serve<S>(
     shared: Arc<Shared>,
     tls: Option<route::TlsInfo>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut buf: Vec<u8> = Vec::new();
     let mut served = 0u64;
@@ -180,7 +180,7 @@ async fn handle<S>(
     (connection, served_count, tls): (u64, u64, Option<route::TlsInfo>),
 ) -> std::io::Result<bool>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let request = route::Request {
         method: head.method.clone(),
@@ -273,7 +273,7 @@ pub fn serve_error<'a, S>(
     keep: Vec<(String, String)>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<bool>> + Send + 'a>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Boxed: the page may be proxied again, and its errors served here again.
     Box::pin(async move {
@@ -350,7 +350,7 @@ async fn serve_outcome<S>(
     keepalive: bool,
 ) -> std::io::Result<bool>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conf = ex.conf;
     let s = &conf.settings;

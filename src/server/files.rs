@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::Shared;
 use super::conn::{self, Exchange};
@@ -41,7 +42,7 @@ pub async fn serve<S>(
     path: &str,
 ) -> io::Result<bool>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let s = &ex.conf.settings;
     let method = ex.head.method.as_str();
@@ -250,6 +251,16 @@ where
             write(io, &out, wait).await?;
             out.clear();
         } else if let Some(&(start, end)) = parts.first() {
+            // A large file to a plain TCP client: the kernel copies it (sendfile), as
+            // nginx's `sendfile on` does; the head goes first.
+            if end - start > INLINE
+                && let Some(tcp) = (io as &mut dyn std::any::Any).downcast_mut::<TcpStream>()
+            {
+                write(tcp, &out, wait).await?;
+                out.clear();
+                sent += sendfile(tcp, &file, start, end, wait).await?;
+                return Ok(());
+            }
             sent += stream(io, &file, start, end, &mut out, wait).await?;
             if !out.is_empty() {
                 write(io, &out, wait).await?;
@@ -284,7 +295,7 @@ pub async fn listing<S>(
     path: &str,
 ) -> io::Result<bool>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let s = &ex.conf.settings;
     let format = s.autoindex_format();
@@ -393,7 +404,7 @@ fn error<'a, S>(
     keep: Vec<(String, String)>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<bool>> + Send + 'a>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     conn::serve_error(io, buf, ex, decision, plan, shared, status, keep)
 }
@@ -794,6 +805,50 @@ impl Multipart {
     fn tail(&self) -> String {
         format!("\r\n--{}--\r\n", self.boundary)
     }
+}
+
+/// sendfile(2) of the file's bytes in [start, end) to `tcp`, each wait for room bounded by
+/// `send_timeout`. Returns the bytes sent.
+async fn sendfile(
+    tcp: &mut TcpStream,
+    file: &File,
+    start: u64,
+    end: u64,
+    wait: Duration,
+) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let (out_fd, in_fd) = (tcp.as_raw_fd(), file.as_raw_fd());
+    let mut pos = start;
+    while pos < end {
+        match tokio::time::timeout(wait, tcp.writable()).await {
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+            Ok(r) => r?,
+        }
+        let count = ((end - pos) as usize).min(1 << 30);
+        let r = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            let mut off = pos as libc::off_t;
+            // SAFETY: both descriptors are open for the call; `off` is ours.
+            let n = unsafe { libc::sendfile(out_fd, in_fd, &mut off, count) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as u64)
+            }
+        });
+        match r {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file was truncated",
+                ));
+            }
+            Ok(n) => pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(pos - start)
 }
 
 /// Writes `out` (the head so far) and the file's bytes in [start, end), in bounded pieces.

@@ -64,7 +64,7 @@ pub async fn serve<S>(
     shared: &Arc<Shared>,
 ) -> std::io::Result<bool>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Outcome::Proxy {
         upstream,
