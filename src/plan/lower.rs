@@ -854,6 +854,7 @@ impl<'a> Lowerer<'a> {
             }
             "gzip_static" => s.gzip_static = Some(first.to_string()),
             "gzip_vary" => s.gzip_vary = Some(flag(first)),
+            "sendfile" => s.sendfile = Some(flag(first)),
             "gzip_http_version" => s.gzip_http_version = Some(first.to_string()),
             "gzip_proxied" => s.gzip_proxied = Some(a.iter().map(|v| v.to_string()).collect()),
             "max_ranges" => s.max_ranges = Some(first.parse().ok()),

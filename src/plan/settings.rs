@@ -280,6 +280,8 @@ settings! {
     .map(|t| t.to_string())
     .collect();
     gzip_vary: bool = false;
+    /// `sendfile`: large files to plain TCP clients by sendfile(2); off by default, as in nginx.
+    sendfile: bool = false;
     /// `1.0` or `1.1`.
     gzip_http_version: String = "1.1".to_string();
     /// `gzip_proxied` parameters (`off` by default: no gzip for requests with `Via`).

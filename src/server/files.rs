@@ -251,9 +251,10 @@ where
             write(io, &out, wait).await?;
             out.clear();
         } else if let Some(&(start, end)) = parts.first() {
-            // A large file to a plain TCP client: the kernel copies it (sendfile), as
-            // nginx's `sendfile on` does; the head goes first.
+            // A large file to a plain TCP client with `sendfile on`: the kernel copies it,
+            // the head first.
             if end - start > INLINE
+                && s.sendfile()
                 && let Some(tcp) = (io as &mut dyn std::any::Any).downcast_mut::<TcpStream>()
             {
                 write(tcp, &out, wait).await?;
