@@ -107,6 +107,11 @@ pub enum Command {
         /// Colour: auto (on a terminal), always, never.
         #[arg(long, value_enum, default_value_t = ColorWhen::Auto)]
         color: ColorWhen,
+        /// The directory relative includes start from (default: each file's own). nginx reads
+        /// them from the main nginx.conf's directory: give it when checking a file that is
+        /// included from elsewhere (a sites-available file, a snippet).
+        #[arg(long, value_name = "DIR")]
+        conf_dir: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = crate::lint::output::Format::Text)]
         format: crate::lint::output::Format,
@@ -279,6 +284,7 @@ impl Cli {
             Some(Command::Check {
                 files,
                 prefix,
+                conf_dir,
                 color,
                 format,
                 fail_on,
@@ -306,6 +312,7 @@ impl Cli {
                 return Action::Check(crate::commands::CheckArgs {
                     files,
                     prefix,
+                    conf_dir: conf_dir.map(|d| cwd.join(d)),
                     color,
                     format,
                     fail_on: fail_on.level(),

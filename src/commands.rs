@@ -190,6 +190,8 @@ fn os_message(e: &std::io::Error) -> String {
 pub struct CheckArgs {
     pub files: Vec<PathBuf>,
     pub prefix: Option<PathBuf>,
+    /// Where relative includes start, instead of each file's directory.
+    pub conf_dir: Option<PathBuf>,
     pub color: bool,
     pub format: crate::lint::output::Format,
     pub fail_on: crate::lint::Level,
@@ -245,7 +247,10 @@ pub fn check(args: &CheckArgs) -> ExitCode {
             file.parent()
                 .map_or_else(|| PathBuf::from("/"), Path::to_path_buf)
         });
-        let paths = Paths::new(&prefix, file);
+        let mut paths = Paths::new(&prefix, file);
+        if let Some(dir) = &args.conf_dir {
+            paths.conf_prefix = dir.clone();
+        }
         let settings = crate::lint::Settings {
             strict: args.strict,
             maps: args.maps.clone(),

@@ -140,10 +140,11 @@ pub fn lint(compiled: &Compiled, plan: &Plan, settings: &Settings) -> Vec<Findin
         .iter()
         .map(Finding::from_diagnostic)
         .collect();
-    let invalid = invalid(compiled);
-    // Rules read the tree as nginx would run it; on a config nginx refuses, the compiler's
-    // errors are what matter, and a half-read tree would give misleading findings.
-    if !invalid {
+    // Rules read the tree as written. On a config with syntax errors the tree is a guess (the
+    // parser skipped to a `;` or `}`), so only the compiler's errors are reported; other
+    // errors (a missing include, an unknown variable) leave the rest of the tree as meant.
+    let syntax_errors = compiled.sources.syntax_errors.iter().any(|e| !e.is_empty());
+    if !syntax_errors {
         let model = model::Model::new(&compiled.sources, compiled.mode);
         rules::run(&model, plan, settings, &mut findings);
     }
@@ -154,6 +155,15 @@ pub fn lint(compiled: &Compiled, plan: &Plan, settings: &Settings) -> Vec<Findin
             }
         }
     }
+    // A file included in several places gives the same finding once per place: keep one.
+    let mut seen = std::collections::HashSet::new();
+    findings.retain(|f| {
+        seen.insert((
+            f.rule,
+            f.span.map(|s| (s.file, s.start, s.end)),
+            f.message.clone(),
+        ))
+    });
     let suppressions = Suppressions::new(compiled);
     let map = &compiled.sources.map;
     findings.retain(|f| f.level == Level::Error && f.compiler || !suppressions.covers(f, map));

@@ -115,6 +115,12 @@ rules! {
     "unresolved-host", Info, None, concat!("https://nginx.org/en/docs/", "http/ngx_http_upstream_module.html#server"),
         "a host name nginx resolves when it starts: check makes no DNS lookups, so it cannot say whether it resolves",
         "with --strict this is an error: use addresses, or accept the lookup";
+    "missing-resolver", Warning, Some("missing_resolver"), concat!("https://nginx.org/en/docs/", "http/ngx_http_core_module.html#resolver"),
+        "proxy_pass names its host with a variable but no resolver is set: every such request fails with 502",
+        "set resolver (e.g. resolver 127.0.0.53;), or proxy to an upstream block";
+    "proxy-pass-normalized", Info, Some("proxy_pass_normalized"), concat!("https://nginx.org/en/docs/", "http/ngx_http_proxy_module.html#proxy_pass"),
+        "proxy_pass with a URI part sends the decoded, normalized path: %2F and ../ reach the app already resolved",
+        "drop the URI part (proxy_pass http://app;) to forward the path as the client sent it";
     "expect", Error, None, "https://github.com/portico/portico#route-expectations",
         "a route expectation does not hold: the config sends the request elsewhere",
         "fix the config, or update the expectation if the change is intended";
@@ -146,6 +152,8 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
                 static_via_app(at, out);
                 app_port_pass(n, out);
                 unresolved_pass(n, &upstreams, out);
+                missing_resolver(at, &upstreams, out);
+                proxy_pass_normalized(at, out);
             }
             "if" => {
                 origins(n, out);
@@ -174,6 +182,7 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
                 unresolved_peer(n, out);
             }
             "server_name" => server_name_anchors(n, out),
+            "location" => location_anchors(n, out),
             _ => {}
         }
         if n.is_block() {
@@ -192,7 +201,10 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
         }
         shadowed_in(http, out);
     }
-    default_server(plan, out);
+    // A lone file's servers share sockets with servers of other files, unseen here.
+    if !model.top_is_http {
+        default_server(plan, out);
+    }
 }
 
 fn upstream_names(model: &Model) -> HashMap<String, bool> {
@@ -356,10 +368,7 @@ fn ssrf(at: At, out: &mut Vec<Finding>) {
     if at.enclosing("location").is_some_and(|l| l.has("internal")) {
         return;
     }
-    let host_part = match url.split_once("://") {
-        Some((_, rest)) => rest.split('/').next().unwrap_or(""),
-        None => url,
-    };
+    let host_part = host_part(url);
     let named = named_captures(at);
     let bad: Vec<&str> = vars(host_part)
         .into_iter()
@@ -372,6 +381,26 @@ fn ssrf(at: At, out: &mut Vec<Finding>) {
             n.arg_span(0),
         ));
     }
+}
+
+/// The host part of a proxy_pass URL: up to the first `/`, or to a variable that holds a
+/// path (`$request_uri` starts with `/`).
+fn host_part(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let mut end = rest.find('/').unwrap_or(rest.len());
+    for path_var in [
+        "$request_uri",
+        "$uri",
+        "$document_uri",
+        "$is_args",
+        "${request_uri}",
+        "${uri}",
+    ] {
+        if let Some(i) = rest.find(path_var) {
+            end = end.min(i);
+        }
+    }
+    &rest[..end]
 }
 
 /// Names of the named captures of the regexes around `at` (locations, server_name).
@@ -543,21 +572,16 @@ fn origins(n: &Node, out: &mut Vec<Finding>) {
         "$http_referer" => "Referer",
         _ => return,
     };
-    if !(op == "~" || op == "~*") {
+    if !matches!(op.as_str(), "~" | "~*" | "!~" | "!~*") {
         return;
     }
-    let mut problems = Vec::new();
-    if !re.starts_with('^') {
-        problems.push("not anchored at the start (https://evil.com/?https://example.com matches)");
-    }
-    let after_scheme = re.find("://").map_or(re.as_str(), |i| &re[i + 3..]);
-    let ends = re.ends_with('$') || re.ends_with("$)");
-    let path_bound = header == "Referer" && after_scheme.contains('/');
-    if !ends && !path_bound {
-        problems.push("not anchored at the end (https://example.com.evil.com matches)");
-    }
-    if unescaped_dot(after_scheme) {
-        problems.push("a dot is not escaped (it matches any character)");
+    let mut problems: Vec<&str> = Vec::new();
+    for alt in alternatives(&re) {
+        for p in origin_problems(alt, header) {
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+        }
     }
     if !problems.is_empty() {
         let span = n.arg_span(n.d.args.len().saturating_sub(1));
@@ -569,6 +593,87 @@ fn origins(n: &Node, out: &mut Vec<Finding>) {
             ),
             span,
         ));
+    }
+}
+
+/// What is wrong with one alternative of an Origin/Referer regex.
+fn origin_problems(re: &str, header: &str) -> Vec<&'static str> {
+    let mut problems = Vec::new();
+    if !re.starts_with('^') {
+        problems.push("not anchored at the start (https://evil.com/?https://example.com matches)");
+    }
+    let after_scheme = re.find("://").map_or(re, |i| &re[i + 3..]);
+    let path_bound = header == "Referer" && after_scheme.contains('/');
+    if !re.ends_with('$') && !path_bound {
+        problems.push("not anchored at the end (https://example.com.evil.com matches)");
+    }
+    if unescaped_dot(after_scheme) {
+        problems.push("a dot is not escaped (it matches any character)");
+    }
+    problems
+}
+
+/// The top-level alternatives of a regex, with groups that wrap a whole alternative
+/// removed: `((^a)|(^b)$)` gives `^a` and `^b$`.
+fn alternatives(re: &str) -> Vec<&str> {
+    let re = strip_wrapping(re);
+    let b = re.as_bytes();
+    let (mut depth, mut in_class, mut start) = (0i32, false, 0);
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' => in_class = true,
+            b']' => in_class = false,
+            b'(' if !in_class => depth += 1,
+            b')' if !in_class => depth -= 1,
+            b'|' if !in_class && depth == 0 => {
+                parts.push(&re[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&re[start..]);
+    if parts.len() == 1 {
+        return parts;
+    }
+    parts.into_iter().flat_map(alternatives).collect()
+}
+
+/// `(x)` or `(?:x)` around the whole pattern, removed (repeatedly).
+fn strip_wrapping(mut re: &str) -> &str {
+    loop {
+        let inner = re
+            .strip_prefix("(?:")
+            .or_else(|| re.strip_prefix('('))
+            .and_then(|r| r.strip_suffix(')'));
+        let Some(inner) = inner else { return re };
+        // The parentheses must match each other, not `(a)|(b)`.
+        let mut depth = 0i32;
+        let mut ok = true;
+        let mut escaped = false;
+        for c in inner.bytes() {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'(' => depth += 1,
+                b')' => {
+                    depth -= 1;
+                    if depth < 0 {
+                        ok = false;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !ok || depth != 0 {
+            return re;
+        }
+        re = inner;
     }
 }
 
@@ -616,6 +721,10 @@ fn if_is_evil(at: At, out: &mut Vec<Finding>) {
     if at.parent().is_none_or(|p| p.name() != "location") {
         return;
     }
+    // An if that answers by itself (CORS preflights: add_header then return) is safe.
+    if n.has("return") {
+        return;
+    }
     let other: Vec<&str> = n
         .children
         .iter()
@@ -661,6 +770,22 @@ fn redos(n: &Node, out: &mut Vec<Finding>) {
         _ => return,
     };
     push_redos(&pattern, n.arg_span(i), out);
+}
+
+fn location_anchors(n: &Node, out: &mut Vec<Finding>) {
+    let (m, name) = location_match(n);
+    if !is_regex_modifier(m) || name.starts_with('^') || name.ends_with('$') {
+        return;
+    }
+    let mut f = Finding::new(
+        "regex-unanchored",
+        format!(
+            "location regex {name:?} has neither ^ nor $: it matches anywhere in the URI (e.g. \\.php matches /x.php/y.jpg)"
+        ),
+        n.arg_span(n.d.args.len() - 1),
+    );
+    f.level = Level::Info;
+    out.push(f);
 }
 
 fn push_redos(pattern: &str, span: crate::config::span::Span, out: &mut Vec<Finding>) {
@@ -1008,6 +1133,47 @@ fn proxy_buffering(at: At, out: &mut Vec<Finding>) {
         "proxy-buffering-off",
         "proxy_buffering off: nginx reads the answer only as fast as the client does, so the app worker waits on slow clients",
         n.span(),
+    ));
+}
+
+fn missing_resolver(at: At, upstreams: &HashMap<String, bool>, out: &mut Vec<Finding>) {
+    let n = at.node;
+    let Some(url) = n.arg(0) else { return };
+    let host = host_part(url);
+    if !host.contains('$') || upstreams.contains_key(host) || url.contains("unix:") {
+        return;
+    }
+    let resolver = at.chain.iter().rev().any(|l| l.has("resolver"))
+        || at.http.iter().any(|d| d.name() == "resolver");
+    if !resolver {
+        out.push(Finding::new(
+            "missing-resolver",
+            format!("proxy_pass host {host} is a variable and no resolver is set: nginx cannot look it up (unless it names an upstream)"),
+            n.arg_span(0),
+        ));
+    }
+}
+
+fn proxy_pass_normalized(at: At, out: &mut Vec<Finding>) {
+    let n = at.node;
+    let Some(url) = n.arg(0) else { return };
+    let Some(location) = at.enclosing("location") else {
+        return;
+    };
+    if location_match(location).0 == "=" || url.starts_with('$') {
+        return;
+    }
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest
+        .strip_prefix("unix:")
+        .map_or(rest, |r| r.split_once(':').map_or("", |(_, p)| p));
+    if !rest.contains('/') {
+        return;
+    }
+    out.push(Finding::new(
+        "proxy-pass-normalized",
+        format!("proxy_pass {url} replaces the location's part of a normalized, decoded path"),
+        n.arg_span(0),
     ));
 }
 
