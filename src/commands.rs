@@ -289,7 +289,18 @@ pub fn check(args: &CheckArgs) -> ExitCode {
                 .to_string()
         };
         if args.format == Format::Text {
-            let text = output::text(&findings, &compiled.sources.map, args.color);
+            // The same sources under the names shown (mapped, relative to the current directory).
+            let mut shown = config::span::SourceMap::default();
+            for (_, f) in compiled.sources.map.iter() {
+                let origin = match &f.origin {
+                    config::span::Origin::File(p) => {
+                        config::span::Origin::File(PathBuf::from(show(&p.display().to_string())))
+                    }
+                    o => o.clone(),
+                };
+                shown.add(config::span::SourceFile::new(origin, f.text.clone()));
+            }
+            let text = output::text(&findings, &shown, args.color);
             let _ = out.write_all(text.as_bytes());
             let count = |l| findings.iter().filter(|f| f.level == l).count();
             let _ = writeln!(

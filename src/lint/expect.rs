@@ -295,5 +295,6 @@ pub fn run(plan: &Plan, path: &PathBuf, files: &dyn FileCheck) -> Vec<Finding> {
         .map(|(line, m)| external(m, path, line))
         .collect();
     out.extend(check(plan, &expectations, path, files));
+    out.sort_by_key(|f| f.external.as_ref().map_or(0, |e| e.1));
     out
 }

@@ -163,13 +163,13 @@ pub fn diff(name: &str, old: &str, new: &str) -> String {
         if i < n && j < m && a[i] == b[j] {
             i += 1;
             j += 1;
-        } else if j < m && (i == n || t[i * (m + 1) + j + 1] >= t[(i + 1) * (m + 1) + j]) {
-            s.push_str(&format!("+{:>5} {}\n", j + 1, b[j]));
-            j += 1;
-            shown += 1;
-        } else {
+        } else if i < n && (j == m || t[(i + 1) * (m + 1) + j] >= t[i * (m + 1) + j + 1]) {
             s.push_str(&format!("-{:>5} {}\n", i + 1, a[i]));
             i += 1;
+            shown += 1;
+        } else {
+            s.push_str(&format!("+{:>5} {}\n", j + 1, b[j]));
+            j += 1;
             shown += 1;
         }
     }

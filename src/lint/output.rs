@@ -256,7 +256,6 @@ pub fn sarif(located: &[Located]) -> String {
                 "driver": {
                     "name": "portico",
                     "version": env!("CARGO_PKG_VERSION"),
-                    "informationUri": "https://github.com/portico/portico",
                     "rules": descriptors,
                 },
             },

@@ -473,7 +473,7 @@ fn find_redos(atom: &Atom, pattern: &str) -> Option<String> {
         {
             if item.unbounded() && !atomic {
                 if let Some(why) = ambiguous_body(inner) {
-                    return Some(format!("{why} under a repeated group in {pattern:?}"));
+                    return Some(format!("{why} under a repeated group in \"{pattern}\""));
                 }
             }
             if let Some(found) = find_redos(&item.atom, pattern) {

@@ -72,7 +72,7 @@ rules! {
         "make the repetition unambiguous, or use an atomic group (?>...) or a possessive quantifier";
     "regex-unanchored", Warning, None, concat!("https://nginx.org/en/docs/", "http/server_names.html#regex_names"),
         "a server_name regex without ^ or $ also matches hosts that merely contain it (example.com.evil.net)",
-        "anchor both ends: ~^(www\\.)?example\\.com$";
+        "anchor it: ^ at the start, $ at the end (server_name ~^(www\\.)?example\\.com$; location ~ \\.php$)";
     "allow-without-deny", Warning, Some("allow_without_deny"), concat!("https://nginx.org/en/docs/", "http/ngx_http_access_module.html"),
         "allow without a deny all after it lets everyone in",
         "end the rules with deny all;";
@@ -106,7 +106,7 @@ rules! {
     "version-disclosure", Info, Some("version_disclosure"), concat!("https://nginx.org/en/docs/", "http/ngx_http_core_module.html#server_tokens"),
         "server_tokens on sends the exact version in every answer and error page",
         "server_tokens off;";
-    "unsupported", Warning, None, "https://github.com/portico/portico/blob/main/grammar/DIRECTIVES.md",
+    "unsupported", Warning, None, "https://nginx.org/en/docs/dirindex.html",
         "a directive Portico does not implement (nginx would apply it; Portico ignores it)",
         "see grammar/DIRECTIVES.md; remove it or keep nginx for this site";
     "missing-file", Warning, None, concat!("https://nginx.org/en/docs/", "http/ngx_http_ssl_module.html#ssl_certificate"),
@@ -121,7 +121,7 @@ rules! {
     "proxy-pass-normalized", Info, Some("proxy_pass_normalized"), concat!("https://nginx.org/en/docs/", "http/ngx_http_proxy_module.html#proxy_pass"),
         "proxy_pass with a URI part sends the decoded, normalized path: %2F and ../ reach the app already resolved",
         "drop the URI part (proxy_pass http://app;) to forward the path as the client sent it";
-    "expect", Error, None, "https://github.com/portico/portico#route-expectations",
+    "expect", Error, None, concat!("https://nginx.org/en/docs/", "http/request_processing.html"),
         "a route expectation does not hold: the config sends the request elsewhere",
         "fix the config, or update the expectation if the change is intended";
 }
@@ -493,7 +493,7 @@ fn http_splitting(at: At, out: &mut Vec<Finding>) {
             _ if v.bytes().all(|b| b.is_ascii_digit()) || !is_builtin_like(v) => {
                 capture_with_newline(at, v).map(|re| {
                     format!(
-                        "${v} is a capture of {re:?}, which can match a line feed (decoded %0a)"
+                        "${v} is a capture of \"{re}\", which can match a line feed (decoded %0a)"
                     )
                 })
             }
@@ -588,7 +588,7 @@ fn origins(n: &Node, out: &mut Vec<Finding>) {
         out.push(Finding::new(
             "origins",
             format!(
-                "the {header} check {re:?} accepts other domains: {}",
+                "the {header} check \"{re}\" accepts other domains: {}",
                 problems.join("; ")
             ),
             span,
@@ -780,7 +780,7 @@ fn location_anchors(n: &Node, out: &mut Vec<Finding>) {
     let mut f = Finding::new(
         "regex-unanchored",
         format!(
-            "location regex {name:?} has neither ^ nor $: it matches anywhere in the URI (e.g. \\.php matches /x.php/y.jpg)"
+            "location regex \"{name}\" has neither ^ nor $: it matches anywhere in the URI (e.g. \\.php matches /x.php/y.jpg)"
         ),
         n.arg_span(n.d.args.len() - 1),
     );
@@ -813,7 +813,7 @@ fn server_name_anchors(n: &Node, out: &mut Vec<Finding>) {
         if !missing.is_empty() {
             out.push(Finding::new(
                 "regex-unanchored",
-                format!("server_name regex {p:?} lacks {}", missing.join(" and ")),
+                format!("server_name regex \"{p}\" lacks {}", missing.join(" and ")),
                 n.arg_span(i),
             ));
         }

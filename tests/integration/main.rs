@@ -5,6 +5,7 @@
 mod corpus;
 mod differential;
 mod golden;
+mod lint;
 mod proxy;
 mod routing;
 mod serve;
