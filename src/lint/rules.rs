@@ -201,9 +201,20 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
         }
         shadowed_in(http, out);
     }
-    // A lone file's servers share sockets with servers of other files, unseen here.
+    // A lone file's servers share sockets with servers of other files, and its http level
+    // is another file's: judge those only on a whole nginx.conf.
     if !model.top_is_http {
         default_server(plan, out);
+        for http in model.top.iter().filter(|n| n.name() == "http") {
+            let tokens = http.all("server_tokens").last().and_then(|d| d.arg(0));
+            if tokens.is_none() {
+                out.push(Finding::new(
+                    "version-disclosure",
+                    "server_tokens is not set: nginx's default (on) discloses its version",
+                    http.span(),
+                ));
+            }
+        }
     }
 }
 

@@ -427,7 +427,7 @@ fn lint_check_has_no_side_effects() {
     std::fs::write(
         &conf,
         format!(
-            "pid {0}/nginx.pid;\nerror_log {0}/error.log;\nevents {{}}\nhttp {{\n    access_log {0}/access.log;\n    server {{\n        listen 127.0.0.1:1 default_server;\n        server_name unresolvable.invalid;\n        location / {{ proxy_pass http://unresolvable.invalid:8000; proxy_set_header X-Forwarded-For $remote_addr; proxy_set_header X-Forwarded-Proto $scheme; }}\n    }}\n}}\n",
+            "pid {0}/nginx.pid;\nerror_log {0}/error.log;\nevents {{}}\nhttp {{\n    server_tokens off;\n    access_log {0}/access.log;\n    server {{\n        listen 127.0.0.1:1 default_server;\n        server_name unresolvable.invalid;\n        location / {{ proxy_pass http://unresolvable.invalid:8000; proxy_set_header X-Forwarded-For $remote_addr; proxy_set_header X-Forwarded-Proto $scheme; }}\n    }}\n}}\n",
             logs.display()
         ),
     )
@@ -439,7 +439,7 @@ fn lint_check_has_no_side_effects() {
         Some(1),
         "an info (the DNS name), with --fail-on info: {doc}"
     );
-    assert_eq!(found(&doc), [("unresolved-host".to_string(), 9)].into());
+    assert_eq!(found(&doc), [("unresolved-host".to_string(), 10)].into());
     assert_eq!(
         std::fs::read_dir(&logs).unwrap().count(),
         0,
