@@ -65,10 +65,10 @@ impl Printer<'_> {
             if c.span.start >= limit {
                 break;
             }
-            if let Some(end) = *last_end {
-                if self.blank_between(end, c.span.start) {
-                    self.out.push('\n');
-                }
+            if let Some(end) = *last_end
+                && self.blank_between(end, c.span.start)
+            {
+                self.out.push('\n');
             }
             self.out.push_str(indent);
             self.out.push_str(c.text.trim_end());
@@ -81,13 +81,14 @@ impl Printer<'_> {
     /// A comment right after `after` on the same line, appended to the current line.
     /// Only a comment that starts before `before` (the next directive) counts.
     fn trailing(&mut self, after: u32, before: u32) {
-        if let Some(c) = self.comments.get(self.next) {
-            if c.span.start >= after && c.span.start < before && self.same_line(after, c.span.start)
-            {
-                self.out.push(' ');
-                self.out.push_str(c.text.trim_end());
-                self.next += 1;
-            }
+        if let Some(c) = self.comments.get(self.next)
+            && c.span.start >= after
+            && c.span.start < before
+            && self.same_line(after, c.span.start)
+        {
+            self.out.push(' ');
+            self.out.push_str(c.text.trim_end());
+            self.next += 1;
         }
     }
 
@@ -98,10 +99,10 @@ impl Printer<'_> {
             let next = directives.get(i + 1).map_or(close, |n| n.name.span.start);
             // Comments before the directive, and any inside its words, go before it.
             self.comments_before(d.end, &indent, &mut last_end);
-            if let Some(end) = last_end {
-                if self.blank_between(end, d.name.span.start) {
-                    self.out.push('\n');
-                }
+            if let Some(end) = last_end
+                && self.blank_between(end, d.name.span.start)
+            {
+                self.out.push('\n');
             }
             self.out.push_str(&indent);
             self.out.push_str(&word(&d.name));

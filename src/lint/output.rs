@@ -223,7 +223,7 @@ pub fn sarif(located: &[Located]) -> String {
             let f = &l.finding;
             let mut message = f.message.clone();
             for n in &f.notes {
-                message.push_str("\n");
+                message.push('\n');
                 message.push_str(n);
             }
             let mut result = json!({

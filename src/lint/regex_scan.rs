@@ -471,10 +471,11 @@ fn find_redos(atom: &Atom, pattern: &str) -> Option<String> {
             ..
         } = &item.atom
         {
-            if item.unbounded() && !atomic {
-                if let Some(why) = ambiguous_body(inner) {
-                    return Some(format!("{why} under a repeated group in \"{pattern}\""));
-                }
+            if item.unbounded()
+                && !atomic
+                && let Some(why) = ambiguous_body(inner)
+            {
+                return Some(format!("{why} under a repeated group in \"{pattern}\""));
             }
             if let Some(found) = find_redos(&item.atom, pattern) {
                 return Some(found);

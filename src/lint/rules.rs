@@ -159,15 +159,13 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
                 origins(n, out);
                 if_is_evil(at, out);
             }
-            "valid_referers" => {
-                if n.args().any(|a| a == "none") {
-                    let i = n.args().position(|a| a == "none").unwrap_or(0);
-                    out.push(Finding::new(
-                        "valid-referers-none",
-                        "valid_referers none: a request without a Referer passes",
-                        n.arg_span(i),
-                    ));
-                }
+            "valid_referers" if n.args().any(|a| a == "none") => {
+                let i = n.args().position(|a| a == "none").unwrap_or(0);
+                out.push(Finding::new(
+                    "valid-referers-none",
+                    "valid_referers none: a request without a Referer passes",
+                    n.arg_span(i),
+                ));
             }
             "server_tokens" if n.arg(0) == Some("on") => out.push(Finding::new(
                 "version-disclosure",
@@ -237,10 +235,10 @@ fn location_match<'a>(n: &Node<'a>) -> (&'a str, &'a str) {
         (Some(name), None) => {
             // `location ~/x` is not split by nginx: `=`/`~`/`~*`/`^~` glued to the name.
             for m in ["^~", "~*", "~", "="] {
-                if let Some(rest) = name.strip_prefix(m) {
-                    if !rest.is_empty() && m != "~" || m == "~" && !rest.starts_with('*') {
-                        return (m, rest);
-                    }
+                if let Some(rest) = name.strip_prefix(m)
+                    && (!rest.is_empty() && m != "~" || m == "~" && !rest.starts_with('*'))
+                {
+                    return (m, rest);
                 }
             }
             if let Some(rest) = name.strip_prefix('@') {
@@ -476,9 +474,7 @@ fn http_splitting(at: At, out: &mut Vec<Finding>) {
     let value = match n.name() {
         "add_header" | "proxy_set_header" => n.arg(1),
         "return" => match (n.arg(0), n.arg(1)) {
-            (Some(code), Some(url)) if matches!(code, "301" | "302" | "303" | "307" | "308") => {
-                Some(url)
-            }
+            (Some("301" | "302" | "303" | "307" | "308"), Some(url)) => Some(url),
             (Some(url), None) if !url.bytes().all(|b| b.is_ascii_digit()) => Some(url),
             _ => None,
         },
@@ -535,10 +531,10 @@ fn is_builtin_like(v: &str) -> bool {
 /// The regex (around `at` or of the directive itself) whose capture `v` can hold `\n`.
 fn capture_with_newline(at: At, v: &str) -> Option<String> {
     let mut patterns = Vec::new();
-    if at.node.name() == "rewrite" {
-        if let Some(re) = at.node.arg(0) {
-            patterns.push(re.to_string());
-        }
+    if at.node.name() == "rewrite"
+        && let Some(re) = at.node.arg(0)
+    {
+        patterns.push(re.to_string());
     }
     for level in at.chain.iter().rev() {
         match level.name() {
@@ -549,10 +545,10 @@ fn capture_with_newline(at: At, v: &str) -> Option<String> {
                 }
             }
             "if" => {
-                if let Some((_, op, Some(re))) = if_condition(level) {
-                    if op.contains('~') {
-                        patterns.push(re);
-                    }
+                if let Some((_, op, Some(re))) = if_condition(level)
+                    && op.contains('~')
+                {
+                    patterns.push(re);
                 }
             }
             _ => {}
@@ -968,13 +964,13 @@ fn proxies(n: &Node) -> bool {
 }
 
 fn host_port(authority: &str) -> (String, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((h, p)) = rest.split_once(']') {
-            return (
-                h.to_string(),
-                p.strip_prefix(':').and_then(|p| p.parse().ok()),
-            );
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((h, p)) = rest.split_once(']')
+    {
+        return (
+            h.to_string(),
+            p.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
     }
     match authority.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h.to_string(), p.parse().ok()),
@@ -1314,12 +1310,12 @@ pub fn vars(value: &str) -> Vec<&str> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'$' {
-            if b.get(i + 1) == Some(&b'{') {
-                if let Some(end) = value[i + 2..].find('}') {
-                    out.push(&value[i + 2..i + 2 + end]);
-                    i += end + 3;
-                    continue;
-                }
+            if b.get(i + 1) == Some(&b'{')
+                && let Some(end) = value[i + 2..].find('}')
+            {
+                out.push(&value[i + 2..i + 2 + end]);
+                i += end + 3;
+                continue;
             }
             let start = i + 1;
             let mut j = start;
