@@ -131,10 +131,16 @@ pub enum Command {
         /// Print the rules (id, level, what they find) and exit.
         #[arg(long)]
         list_rules: bool,
+        /// Print help.
+        #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+        help: Option<bool>,
     },
     /// Rewrite configuration files in the canonical layout, keeping comments.
     /// With --check, change nothing: exit 1 and show a diff when a file is not formatted.
     Fmt {
+        /// Print help.
+        #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+        help: Option<bool>,
         /// Files to format.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -292,6 +298,7 @@ impl Cli {
                 maps,
                 expect,
                 list_rules,
+                ..
             }) => {
                 use std::io::IsTerminal;
                 if list_rules {
@@ -322,7 +329,7 @@ impl Cli {
                     cwd,
                 });
             }
-            Some(Command::Fmt { files, check }) => {
+            Some(Command::Fmt { files, check, .. }) => {
                 let files = files.into_iter().map(|f| cwd.join(f)).collect();
                 return Action::Fmt { files, check };
             }

@@ -756,14 +756,14 @@ fn redos(n: &Node, out: &mut Vec<Finding>) {
             if !is_regex_modifier(m) {
                 return;
             }
-            (name.to_string(), n.d.args.len() - 1)
+            (name.to_string(), n.d.args.len().saturating_sub(1))
         }
         "rewrite" => match n.arg(0) {
             Some(p) => (p.to_string(), 0),
             None => return,
         },
         "if" => match if_condition(n) {
-            Some((_, op, Some(re))) if op.contains('~') => (re, n.d.args.len() - 1),
+            Some((_, op, Some(re))) if op.contains('~') => (re, n.d.args.len().saturating_sub(1)),
             _ => return,
         },
         "server_name" => {
@@ -789,7 +789,7 @@ fn location_anchors(n: &Node, out: &mut Vec<Finding>) {
         format!(
             "location regex \"{name}\" has neither ^ nor $: it matches anywhere in the URI (e.g. \\.php matches /x.php/y.jpg)"
         ),
-        n.arg_span(n.d.args.len() - 1),
+        n.arg_span(n.d.args.len().saturating_sub(1)),
     );
     f.level = Level::Info;
     out.push(f);
@@ -1205,7 +1205,7 @@ fn shadowed_in(level: &[Node], out: &mut Vec<Finding>) {
             out.push(Finding::new(
                 "location-shadowed",
                 format!("location {m} {name} never matches: the earlier location {first} matches every URI"),
-                l.arg_span(l.d.args.len() - 1),
+                l.arg_span(l.d.args.len().saturating_sub(1)),
             ));
             continue;
         }
@@ -1215,7 +1215,7 @@ fn shadowed_in(level: &[Node], out: &mut Vec<Finding>) {
                 format!(
                     "location {m} {name} repeats an earlier regex location: only the first is used"
                 ),
-                l.arg_span(l.d.args.len() - 1),
+                l.arg_span(l.d.args.len().saturating_sub(1)),
             ));
             continue;
         }

@@ -219,6 +219,8 @@ fn lint_exit_codes() {
     assert_eq!(run(&["--no-such-flag"]), Some(3));
     let fmt = support::portico().args(["fmt"]).output().unwrap();
     assert_eq!(fmt.status.code(), Some(3), "fmt without files");
+    assert_eq!(run(&["--help"]), Some(0));
+    assert_eq!(run(&["--list-rules"]), Some(0));
     let nginx_flag = support::portico().arg("-Z").output().unwrap();
     assert_eq!(nginx_flag.status.code(), Some(1));
 }
