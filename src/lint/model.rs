@@ -167,6 +167,13 @@ impl<'c, 'a> At<'c, 'a> {
             .collect()
     }
 
+    /// Whether an include that could not be read sits at any level that applies here: then
+    /// "there is no X" cannot be concluded.
+    pub fn unknown(&self) -> bool {
+        self.chain.iter().any(|l| l.has("include"))
+            || self.http.iter().any(|d| d.name() == "include")
+    }
+
     /// As [`At::inherited`], starting above the innermost `skip` levels.
     pub fn inherited_above(&self, skip: usize, names: &[&str]) -> Vec<&'c Node<'a>> {
         let keep = self.chain.len().saturating_sub(skip);
@@ -195,8 +202,10 @@ fn expand<'a>(
                 for &f in files {
                     out.extend(expand(sources, f, &sources.tree(f).directives, depth + 1));
                 }
+                continue;
             }
-            continue;
+            // An include that could not be read stays in the tree: what it would bring is
+            // unknown, so rules about something missing stay quiet there.
         }
         let children = match &d.block {
             Some(b) => expand(sources, file, &b.directives, depth + 1),

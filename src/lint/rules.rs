@@ -152,7 +152,10 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
                 static_via_app(at, out);
                 app_port_pass(n, out);
                 unresolved_pass(n, &upstreams, out);
-                missing_resolver(at, &upstreams, out);
+                // A lone file's http level (where resolver usually is) is another file's.
+                if !model.top_is_http {
+                    missing_resolver(at, &upstreams, out);
+                }
                 proxy_pass_normalized(at, out);
             }
             "if" => {
@@ -205,7 +208,7 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
         default_server(plan, out);
         for http in model.top.iter().filter(|n| n.name() == "http") {
             let tokens = http.all("server_tokens").last().and_then(|d| d.arg(0));
-            if tokens.is_none() {
+            if tokens.is_none() && !http.has("include") {
                 out.push(Finding::new(
                     "version-disclosure",
                     "server_tokens is not set: nginx's default (on) discloses its version",
@@ -779,9 +782,10 @@ fn redos(n: &Node, out: &mut Vec<Finding>) {
     push_redos(&pattern, n.arg_span(i), out);
 }
 
+/// A location regex that ends in a file extension without `$` (`\.php`): gixy's definition.
 fn location_anchors(n: &Node, out: &mut Vec<Finding>) {
     let (m, name) = location_match(n);
-    if !is_regex_modifier(m) || name.starts_with('^') || name.ends_with('$') {
+    if !is_regex_modifier(m) || name.ends_with('$') || !ends_with_extension(name) {
         return;
     }
     let mut f = Finding::new(
@@ -793,6 +797,17 @@ fn location_anchors(n: &Node, out: &mut Vec<Finding>) {
     );
     f.level = Level::Info;
     out.push(f);
+}
+
+/// Whether a pattern ends with `\.ext`, `\.(a|b)` or `\.[a-z]+`.
+fn ends_with_extension(pattern: &str) -> bool {
+    static RE: std::sync::OnceLock<Option<pcre2::bytes::Regex>> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        pcre2::bytes::Regex::new(r"\\\.(?:[A-Za-z0-9]+|\((?:\?:)?[A-Za-z0-9|]+\)|\[[^\]]+\][+*]?)$")
+            .ok()
+    })
+    .as_ref()
+    .is_some_and(|re| re.is_match(pattern.as_bytes()).unwrap_or(false))
 }
 
 fn push_redos(pattern: &str, span: crate::config::span::Span, out: &mut Vec<Finding>) {
@@ -846,6 +861,9 @@ fn allow_without_deny_level(http: &[Node], n: &Node, out: &mut Vec<Finding>) {
 fn check_access_level(level: &[Node], out: &mut Vec<Finding>) {
     let allows: Vec<&Node> = level.iter().filter(|c| c.name() == "allow").collect();
     let Some(first) = allows.first() else { return };
+    if level.iter().any(|c| c.name() == "include") {
+        return; // an unread include may hold the deny
+    }
     if allows.iter().any(|a| a.arg(0) == Some("all")) {
         return;
     }
@@ -1027,6 +1045,9 @@ fn header_names(nodes: &[&Node]) -> HashMap<String, String> {
 
 fn proxy_forwarded(at: At, out: &mut Vec<Finding>) {
     let n = at.node;
+    if at.unknown() {
+        return;
+    }
     let headers = header_names(&at.inherited(&["proxy_set_header"]));
     if headers.contains_key("forwarded") {
         return;
@@ -1059,7 +1080,7 @@ fn keepalive(at: At, upstreams: &HashMap<String, bool>, out: &mut Vec<Finding>) 
         return;
     };
     let name = rest.split('/').next().unwrap_or("");
-    if upstreams.get(name) != Some(&true) {
+    if upstreams.get(name) != Some(&true) || at.unknown() {
         return;
     }
     let version = at
@@ -1145,6 +1166,9 @@ fn proxy_buffering(at: At, out: &mut Vec<Finding>) {
 
 fn missing_resolver(at: At, upstreams: &HashMap<String, bool>, out: &mut Vec<Finding>) {
     let n = at.node;
+    if at.unknown() {
+        return;
+    }
     let Some(url) = n.arg(0) else { return };
     let host = host_part(url);
     if !host.contains('$') || upstreams.contains_key(host) || url.contains("unix:") {
