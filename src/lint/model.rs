@@ -197,15 +197,16 @@ fn expand<'a>(
         return out;
     }
     for d in directives {
-        if d.name() == "include" && d.block.is_none() {
-            if let Some(Included::Files(files)) = sources.included(file, d) {
-                for &f in files {
-                    out.extend(expand(sources, f, &sources.tree(f).directives, depth + 1));
-                }
-                continue;
+        // An include that could not be read stays in the tree: what it would bring is
+        // unknown, so rules about something missing stay quiet there.
+        if d.name() == "include"
+            && d.block.is_none()
+            && let Some(Included::Files(files)) = sources.included(file, d)
+        {
+            for &f in files {
+                out.extend(expand(sources, f, &sources.tree(f).directives, depth + 1));
             }
-            // An include that could not be read stays in the tree: what it would bring is
-            // unknown, so rules about something missing stay quiet there.
+            continue;
         }
         let children = match &d.block {
             Some(b) => expand(sources, file, &b.directives, depth + 1),

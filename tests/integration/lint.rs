@@ -532,3 +532,54 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `check` is never stricter than `-t`: a corpus file `portico -t` accepts (and `-t` agrees
+/// with `nginx -t` on every corpus file, see corpus.rs) checks without an error, with the
+/// same pointing (prefix = the project, includes from the file's directory).
+#[test]
+fn lint_corpus_files_that_pass_t_check_without_an_error() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut files = Vec::new();
+    walk(&corpus, &mut files);
+    let mut accepted = 0;
+    let mut failures = Vec::new();
+    for f in &files {
+        let project = corpus.join(
+            f.strip_prefix(&corpus)
+                .unwrap()
+                .components()
+                .next()
+                .unwrap(),
+        );
+        let t = support::portico()
+            .args(["-t", "-q", "-p"])
+            .arg(&project)
+            .arg("-c")
+            .arg(f)
+            .output()
+            .unwrap();
+        let c = support::portico()
+            .args(["check", "--format", "json", "--prefix"])
+            .arg(&project)
+            .arg(f)
+            .output()
+            .unwrap();
+        let code = c.status.code();
+        if !matches!(code, Some(0..=2)) {
+            failures.push(format!("{}: check exited {code:?}", f.display()));
+        }
+        if t.status.success() {
+            accepted += 1;
+            if code == Some(2) {
+                failures.push(format!(
+                    "{}: -t accepts it, check calls it invalid:\n{}",
+                    f.display(),
+                    String::from_utf8_lossy(&c.stdout)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!("{accepted} corpus files pass -t");
+    assert!(accepted >= 15, "only {accepted} corpus files pass -t");
+}
