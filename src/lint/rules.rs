@@ -121,6 +121,15 @@ rules! {
     "proxy-pass-normalized", Info, Some("proxy_pass_normalized"), concat!("https://nginx.org/en/docs/", "http/ngx_http_proxy_module.html#proxy_pass"),
         "proxy_pass with a URI part sends the decoded, normalized path: %2F and ../ reach the app already resolved",
         "drop the URI part (proxy_pass http://app;) to forward the path as the client sent it";
+    "error-log-off", Warning, Some("error_log_off"), concat!("https://nginx.org/en/docs/", "ngx_core_module.html#error_log"),
+        "error_log off does not turn logging off: it writes to a file named \"off\"",
+        "error_log /dev/null crit; (or keep a real log)";
+    "map-without-default", Warning, Some("hash_without_default"), concat!("https://nginx.org/en/docs/", "http/ngx_http_map_module.html#map"),
+        "a map without default gives an empty value for everything it does not list",
+        "say what the rest gets: default 0; (or default \"\"; to show it is meant)";
+    "add-header-content-type", Warning, Some("add_header_content_type"), concat!("https://nginx.org/en/docs/", "http/ngx_http_core_module.html#default_type"),
+        "add_header Content-Type adds a second Content-Type to answers that have one",
+        "use default_type (or types { }) to set the type";
     "expect", Error, None, concat!("https://nginx.org/en/docs/", "http/request_processing.html"),
         "a route expectation does not hold: the config sends the request elsewhere",
         "fix the config, or update the expectation if the change is intended";
@@ -143,7 +152,20 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
         let n = at.node;
         match n.name() {
             "alias" => alias_traversal(at, out),
-            "add_header" | "more_set_headers" => add_header_multiline(n, out),
+            "add_header" | "more_set_headers" => {
+                add_header_multiline(n, out);
+                if n.name() == "add_header"
+                    && n.arg(0)
+                        .is_some_and(|h| h.eq_ignore_ascii_case("content-type"))
+                {
+                    out.push(Finding::new(
+                        "add-header-content-type",
+                        "add_header Content-Type: the answer then carries two Content-Type headers",
+                        n.span(),
+                    ));
+                }
+            }
+            "error_log" => error_log_off(n, out),
             "proxy_set_header" => host_spoofing(n, out),
             "proxy_pass" => {
                 ssrf(at, out);
@@ -183,6 +205,23 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
                 unresolved_peer(n, out);
             }
             "server_name" => server_name_anchors(n, out),
+            "map"
+                if n.is_block()
+                    && !n
+                        .children
+                        .iter()
+                        .any(|c| c.name() == "default" || c.name() == "include") =>
+            {
+                out.push(Finding::new(
+                    "map-without-default",
+                    format!(
+                        "map of {} has no default: unlisted values give an empty {}",
+                        n.arg(0).unwrap_or("?"),
+                        n.arg(1).unwrap_or("variable")
+                    ),
+                    n.span(),
+                ))
+            }
             "location" => location_anchors(n, out),
             _ => {}
         }
@@ -202,6 +241,12 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
         }
         shadowed_in(http, out);
     }
+    // The main level (the walk covers the http contexts).
+    if !model.top_is_http {
+        for n in model.top.iter().filter(|n| n.name() == "error_log") {
+            error_log_off(n, out);
+        }
+    }
     // A lone file's servers share sockets with servers of other files, and its http level
     // is another file's: judge those only on a whole nginx.conf.
     if !model.top_is_http {
@@ -216,6 +261,16 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
                 ));
             }
         }
+    }
+}
+
+fn error_log_off(n: &Node, out: &mut Vec<Finding>) {
+    if n.arg(0) == Some("off") {
+        out.push(Finding::new(
+            "error-log-off",
+            "error_log off writes the errors to a file named \"off\"",
+            n.arg_span(0),
+        ));
     }
 }
 
