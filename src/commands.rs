@@ -300,6 +300,12 @@ pub fn check(args: &CheckArgs) -> ExitCode {
                 };
                 shown.add(config::span::SourceFile::new(origin, f.text.clone()));
             }
+            let mut findings = findings.clone();
+            for f in &mut findings {
+                if let Some((path, _)) = &mut f.external {
+                    *path = PathBuf::from(show(&path.display().to_string()));
+                }
+            }
             let text = output::text(&findings, &shown, args.color);
             let _ = out.write_all(text.as_bytes());
             let count = |l| findings.iter().filter(|f| f.level == l).count();
