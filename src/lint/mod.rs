@@ -77,12 +77,13 @@ impl Finding {
 
     fn from_diagnostic(d: &Diagnostic) -> Finding {
         // Portico's own verdict on directives it does not implement is not nginx's: for a
-        // linter of nginx configs it is a warning of the `unsupported` rule.
+        // linter of nginx configs it is advice (rule `unsupported`, level info), which matters
+        // only to whoever means to serve the config with Portico (`--fail-on info`).
         let portico_only = is_portico_only(d);
         Finding {
             rule: if portico_only { "unsupported" } else { d.code },
             level: match d.severity {
-                _ if portico_only => Level::Warning,
+                _ if portico_only => Level::Info,
                 Severity::Error => Level::Error,
                 Severity::Warning => Level::Warning,
             },

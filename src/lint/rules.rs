@@ -106,7 +106,7 @@ rules! {
     "version-disclosure", Info, Some("version_disclosure"), concat!("https://nginx.org/en/docs/", "http/ngx_http_core_module.html#server_tokens"),
         "server_tokens on sends the exact version in every answer and error page",
         "server_tokens off;";
-    "unsupported", Warning, None, "https://nginx.org/en/docs/dirindex.html",
+    "unsupported", Info, None, "https://nginx.org/en/docs/dirindex.html",
         "a directive Portico does not implement (nginx would apply it; Portico ignores it)",
         "see grammar/DIRECTIVES.md; remove it or keep nginx for this site";
     "missing-file", Warning, None, concat!("https://nginx.org/en/docs/", "http/ngx_http_ssl_module.html#ssl_certificate"),
