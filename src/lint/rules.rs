@@ -148,6 +148,7 @@ pub fn compiler_rule_url() -> &'static str {
 /// Runs every rule.
 pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Finding>) {
     let upstreams = upstream_names(model);
+    let used_outside_headers = variables_used_outside_headers(model);
     model.walk(&mut |at| {
         let n = at.node;
         match n.name() {
@@ -210,7 +211,9 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
                     && !n
                         .children
                         .iter()
-                        .any(|c| c.name() == "default" || c.name() == "include") =>
+                        .any(|c| c.name() == "default" || c.name() == "include")
+                    && used_outside_headers
+                        .contains(n.arg(1).unwrap_or("").trim_start_matches('$')) =>
             {
                 out.push(Finding::new(
                     "map-without-default",
@@ -262,6 +265,28 @@ pub fn run(model: &Model, plan: &Plan, settings: &Settings, out: &mut Vec<Findin
             }
         }
     }
+}
+
+/// Variables used somewhere other than a header value. In add_header / proxy_set_header an
+/// empty value means "send no such header", the idiom of a map without default; a variable
+/// used nowhere (here) cannot do harm either.
+fn variables_used_outside_headers(model: &Model) -> HashSet<String> {
+    let mut elsewhere = HashSet::new();
+    model.walk(&mut |at| {
+        let n = at.node;
+        let header = matches!(
+            n.name(),
+            "add_header" | "proxy_set_header" | "more_set_headers"
+        );
+        // A map's own source and key column are not uses of what it defines.
+        let skip = usize::from(n.name() == "map") * 2;
+        for a in n.args().skip(skip) {
+            if !header {
+                elsewhere.extend(vars(a).into_iter().map(str::to_string));
+            }
+        }
+    });
+    elsewhere
 }
 
 fn error_log_off(n: &Node, out: &mut Vec<Finding>) {
@@ -841,6 +866,10 @@ fn redos(n: &Node, out: &mut Vec<Finding>) {
 fn location_anchors(n: &Node, out: &mut Vec<Finding>) {
     let (m, name) = location_match(n);
     if !is_regex_modifier(m) || name.ends_with('$') || !ends_with_extension(name) {
+        return;
+    }
+    // `/\.ht`: a dot file anywhere (`.htaccess`), meant to match as a prefix of a segment.
+    if name.rfind("\\.").is_some_and(|i| name[..i].ends_with('/')) {
         return;
     }
     let mut f = Finding::new(
