@@ -93,8 +93,15 @@ impl Signal {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Check configuration files and report every problem, with the source line and a caret.
+    /// Check configuration files: every error nginx -t would report (all of them, not just the
+    /// first) and the lint rules (security and deployment mistakes nginx accepts).
     /// No side effects: nothing is bound, resolved or written.
+    ///
+    /// Exit status: 0 clean; 1 findings at or above --fail-on; 2 a configuration is invalid
+    /// (nginx -t would fail); 3 usage error. Silence a finding with a comment on its line or
+    /// the line before: `# portico-ignore: RULE[,RULE] reason`.
+    #[command(after_help = "Rules: see `portico check --list-rules`.\n\
+        Example: portico check --format sarif --map /etc/nginx=./nginx nginx/nginx.conf > portico.sarif")]
     Check {
         /// Configuration files (default: /etc/nginx/nginx.conf).
         files: Vec<PathBuf>,
@@ -104,6 +111,46 @@ pub enum Command {
         /// Colour: auto (on a terminal), always, never.
         #[arg(long, value_enum, default_value_t = ColorWhen::Auto)]
         color: ColorWhen,
+        /// The directory relative includes start from (default: each file's own). nginx reads
+        /// them from the main nginx.conf's directory: give it when checking a file that is
+        /// included from elsewhere (a sites-available file, a snippet).
+        #[arg(long, value_name = "DIR")]
+        conf_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = crate::lint::output::Format::Text)]
+        format: crate::lint::output::Format,
+        /// Exit 1 when a finding is at least this severe.
+        #[arg(long, value_enum, default_value_t = FailOn::Warning)]
+        fail_on: FailOn,
+        /// Missing certificate files and host names that need DNS are errors, not warnings.
+        #[arg(long)]
+        strict: bool,
+        /// Read paths under FROM from TO, e.g. --map /etc/nginx=./nginx (repeatable): check a
+        /// checkout where the configuration names its installed place.
+        #[arg(long = "map", value_name = "FROM=TO", value_parser = parse_map)]
+        maps: Vec<(PathBuf, PathBuf)>,
+        /// Route expectations to check (one a line: `GET http://host/path -> proxy URL`).
+        #[arg(long, value_name = "FILE")]
+        expect: Vec<PathBuf>,
+        /// Print the rules (id, level, what they find) and exit.
+        #[arg(long)]
+        list_rules: bool,
+        /// Print help.
+        #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+        help: Option<bool>,
+    },
+    /// Rewrite configuration files in the canonical layout, keeping comments.
+    /// With --check, change nothing: exit 1 and show a diff when a file is not formatted.
+    Fmt {
+        /// Print help.
+        #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// Files to format.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only check: exit 1 when a file would change.
+        #[arg(long)]
+        check: bool,
     },
     /// Explain how a request would be routed: the server and location chosen (with file:line),
     /// the handler, and for a proxy the exact request the upstream would get.
@@ -162,6 +209,34 @@ pub enum ColorWhen {
     Never,
 }
 
+/// `check --fail-on`: the least severe finding that fails the check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    Error,
+    Warning,
+    Info,
+}
+
+impl FailOn {
+    pub fn level(self) -> crate::lint::Level {
+        match self {
+            FailOn::Error => crate::lint::Level::Error,
+            FailOn::Warning => crate::lint::Level::Warning,
+            FailOn::Info => crate::lint::Level::Info,
+        }
+    }
+}
+
+fn parse_map(v: &str) -> Result<(PathBuf, PathBuf), String> {
+    let (from, to) = v
+        .split_once('=')
+        .ok_or_else(|| format!("expected FROM=TO, e.g. /etc/nginx=./nginx, not {v:?}"))?;
+    if from.is_empty() || to.is_empty() {
+        return Err(format!("both sides of {v:?} must be paths"));
+    }
+    Ok((PathBuf::from(from), PathBuf::from(to)))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Text,
@@ -196,11 +271,12 @@ pub enum Action {
         globals: Option<String>,
         options: crate::server::ServeOptions,
     },
-    Check {
+    Check(crate::commands::CheckArgs),
+    Fmt {
         files: Vec<PathBuf>,
-        prefix: Option<PathBuf>,
-        color: bool,
+        check: bool,
     },
+    ListRules,
     Directives {
         format: TableFormat,
     },
@@ -218,9 +294,20 @@ impl Cli {
             Some(Command::Check {
                 files,
                 prefix,
+                conf_dir,
                 color,
+                format,
+                fail_on,
+                strict,
+                maps,
+                expect,
+                list_rules,
+                ..
             }) => {
                 use std::io::IsTerminal;
+                if list_rules {
+                    return Action::ListRules;
+                }
                 let color = match color {
                     ColorWhen::Always => true,
                     ColorWhen::Never => false,
@@ -228,11 +315,27 @@ impl Cli {
                 };
                 let prefix = prefix.map(|p| cwd.join(p));
                 let files = files.into_iter().map(|f| cwd.join(f)).collect();
-                return Action::Check {
+                let maps = maps
+                    .into_iter()
+                    .map(|(from, to)| (from, cwd.join(to)))
+                    .collect();
+                let expect = expect.into_iter().map(|f| cwd.join(f)).collect();
+                return Action::Check(crate::commands::CheckArgs {
                     files,
                     prefix,
+                    conf_dir: conf_dir.map(|d| cwd.join(d)),
                     color,
-                };
+                    format,
+                    fail_on: fail_on.level(),
+                    strict,
+                    maps,
+                    expect,
+                    cwd,
+                });
+            }
+            Some(Command::Fmt { files, check, .. }) => {
+                let files = files.into_iter().map(|f| cwd.join(f)).collect();
+                return Action::Fmt { files, check };
             }
             Some(Command::Directives { format }) => return Action::Directives { format },
             Some(Command::Route {

@@ -245,44 +245,218 @@ fn os_message(e: &std::io::Error) -> String {
         .map_or(s.clone(), |i| s[..i].to_string())
 }
 
-/// `portico check FILE...`: every problem, rendered with its source line.
-pub fn check(files: &[PathBuf], prefix: Option<PathBuf>, color: bool) -> ExitCode {
-    let files: Vec<PathBuf> = if files.is_empty() {
+/// What `portico check` is asked to do, validated.
+#[derive(Debug)]
+pub struct CheckArgs {
+    pub files: Vec<PathBuf>,
+    pub prefix: Option<PathBuf>,
+    /// Where relative includes start, instead of each file's directory.
+    pub conf_dir: Option<PathBuf>,
+    pub color: bool,
+    pub format: crate::lint::output::Format,
+    pub fail_on: crate::lint::Level,
+    pub strict: bool,
+    /// `--map FROM=TO`, TO absolute.
+    pub maps: Vec<(PathBuf, PathBuf)>,
+    pub expect: Vec<PathBuf>,
+    pub cwd: PathBuf,
+}
+
+/// The file system with `--map` applied: the config's paths are read from the checkout,
+/// while messages keep the names the config uses.
+struct MappedFs<'s> {
+    settings: &'s crate::lint::Settings,
+}
+
+impl config::Fs for MappedFs<'_> {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        RealFs.read(&self.settings.map_path(path))
+    }
+
+    fn glob(&self, pattern: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let found = RealFs.glob(&self.settings.map_path(pattern))?;
+        Ok(found
+            .into_iter()
+            .map(|p| {
+                for (from, to) in &self.settings.maps {
+                    if let Ok(rest) = p.strip_prefix(to) {
+                        return from.join(rest);
+                    }
+                }
+                p
+            })
+            .collect())
+    }
+}
+
+/// `portico check FILE...`: every problem nginx -t would report and every lint finding, in
+/// the chosen format. Exit 0 clean, 1 findings at or above `--fail-on`, 2 a config invalid.
+pub fn check(args: &CheckArgs) -> ExitCode {
+    use crate::lint::output::{self, Format};
+    let files: Vec<PathBuf> = if args.files.is_empty() {
         vec![PathBuf::from(crate::cli::DEFAULT_CONF)]
     } else {
-        files.to_vec()
+        args.files.clone()
     };
     let mut invalid = false;
+    let mut failing = false;
+    let mut located = Vec::new();
     let mut out = std::io::stdout().lock();
     for file in &files {
-        let prefix = prefix.clone().unwrap_or_else(|| {
+        let prefix = args.prefix.clone().unwrap_or_else(|| {
             file.parent()
                 .map_or_else(|| PathBuf::from("/"), Path::to_path_buf)
         });
-        let paths = Paths::new(&prefix, file);
+        let mut paths = Paths::new(&prefix, file);
+        if let Some(dir) = &args.conf_dir {
+            paths.conf_prefix = dir.clone();
+        }
+        let settings = crate::lint::Settings {
+            strict: args.strict,
+            maps: args.maps.clone(),
+            conf_prefix: paths.conf_prefix.clone(),
+        };
         let options = crate::inspect::lower_options(&paths);
         let mut compiled = config::compile(
-            &RealFs,
+            &MappedFs {
+                settings: &settings,
+            },
             &Options {
                 paths,
                 globals: None,
                 mode: None,
             },
         );
-        crate::plan::build(&mut compiled, &options);
-        let text = config::diag::render_rich(&compiled.diagnostics, &compiled.sources.map, color);
-        let _ = out.write_all(text.as_bytes());
-        let errors = compiled.diagnostics.iter().filter(|d| d.is_error()).count();
-        let warnings = compiled.diagnostics.len() - errors;
-        let _ = writeln!(
-            out,
-            "{}: {errors} error(s), {warnings} warning(s)",
-            file.display()
-        );
-        invalid |= errors > 0;
+        let plan = crate::plan::build(&mut compiled, &options);
+        let mut findings = crate::lint::lint(&compiled, &plan, &settings);
+        let config_invalid = crate::lint::invalid(&compiled);
+        if !config_invalid {
+            let files = crate::lint::expect::MappedFiles {
+                settings: &settings,
+            };
+            for e in &args.expect {
+                findings.extend(crate::lint::expect::run(&plan, e, &files));
+            }
+        }
+        invalid |= config_invalid;
+        failing |= findings.iter().any(|f| f.level >= args.fail_on);
+        let show = |name: &str| {
+            let mapped = settings.map_path(Path::new(name));
+            mapped
+                .strip_prefix(&args.cwd)
+                .map_or(mapped.clone(), Path::to_path_buf)
+                .display()
+                .to_string()
+        };
+        if args.format == Format::Text {
+            // The same sources under the names shown (mapped, relative to the current directory).
+            let mut shown = config::span::SourceMap::default();
+            for (_, f) in compiled.sources.map.iter() {
+                let origin = match &f.origin {
+                    config::span::Origin::File(p) => {
+                        config::span::Origin::File(PathBuf::from(show(&p.display().to_string())))
+                    }
+                    o => o.clone(),
+                };
+                shown.add(config::span::SourceFile::new(origin, f.text.clone()));
+            }
+            let mut findings = findings.clone();
+            for f in &mut findings {
+                if let Some((path, _)) = &mut f.external {
+                    *path = PathBuf::from(show(&path.display().to_string()));
+                }
+            }
+            let text = output::text(&findings, &shown, args.color);
+            let _ = out.write_all(text.as_bytes());
+            let count = |l| findings.iter().filter(|f| f.level == l).count();
+            let _ = writeln!(
+                out,
+                "{}: {} error(s), {} warning(s), {} info",
+                show(&file.display().to_string()),
+                count(crate::lint::Level::Error),
+                count(crate::lint::Level::Warning),
+                count(crate::lint::Level::Info),
+            );
+        } else {
+            located.extend(output::locate(&findings, &compiled.sources.map, &show));
+        }
     }
+    let doc = match args.format {
+        Format::Text => String::new(),
+        Format::Json => output::json(&located),
+        Format::Sarif => output::sarif(&located),
+        Format::Github => output::github(&located),
+        Format::Checkstyle => output::checkstyle(&located),
+    };
+    let _ = out.write_all(doc.as_bytes());
     if invalid {
         ExitCode::from(2)
+    } else if failing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `portico check --list-rules`.
+pub fn list_rules() -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    for r in crate::lint::RULES {
+        let gixy = r.gixy.map(|g| format!(" (gixy: {g})")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<30} {:<8} {}{gixy}\n{:39}{}\n{:39}{}",
+            r.id,
+            r.level.as_str(),
+            r.summary,
+            "",
+            r.help,
+            "",
+            r.url
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `portico fmt [--check] FILE...`: 0 when every file is (or now is) formatted, 1 when
+/// `--check` finds one that is not, 2 when a file cannot be read or parsed.
+pub fn fmt(files: &[PathBuf], check: bool) -> ExitCode {
+    let mut unformatted = false;
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for file in files {
+        let name = file.display().to_string();
+        let text = match std::fs::read(file) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => {
+                eprintln!("portico: {name}: {}", os_message(&e));
+                failed = true;
+                continue;
+            }
+        };
+        let formatted = match crate::lint::fmt::format(&text) {
+            Ok(f) => f,
+            Err(m) => {
+                eprintln!("portico: {name}: {m}");
+                failed = true;
+                continue;
+            }
+        };
+        if formatted == text {
+            continue;
+        }
+        if check {
+            unformatted = true;
+            let _ = write!(out, "{}", crate::lint::fmt::diff(&name, &text, &formatted));
+        } else if let Err(e) = std::fs::write(file, formatted) {
+            eprintln!("portico: {name}: {}", os_message(&e));
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::from(2)
+    } else if unformatted {
+        ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     }

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod inspect;
+pub mod lint;
 pub mod logging;
 pub mod plan;
 pub mod server;

@@ -18,9 +18,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            // nginx exits 1 on a bad flag; help and version requests are not errors.
+            // nginx exits 1 on a bad flag; help and version requests are not errors. The
+            // linter's subcommands are CI tools: a usage error is 3, apart from findings (1)
+            // and an invalid config (2).
+            let linter = std::env::args_os()
+                .nth(1)
+                .is_some_and(|a| a == "check" || a == "fmt");
             return if e.use_stderr() {
-                ExitCode::from(1)
+                ExitCode::from(if linter { 3 } else { 1 })
             } else {
                 ExitCode::SUCCESS
             };
@@ -44,11 +49,9 @@ fn main() -> ExitCode {
             globals,
             options,
         } => portico::server::serve(&paths, globals, options),
-        Action::Check {
-            files,
-            prefix,
-            color,
-        } => portico::commands::check(&files, prefix, color),
+        Action::Check(args) => portico::commands::check(&args),
+        Action::Fmt { files, check } => portico::commands::fmt(&files, check),
+        Action::ListRules => portico::commands::list_rules(),
         Action::Directives { format } => portico::commands::directives(format),
         Action::Route(args) => portico::inspect::route(&args),
         Action::Plan { paths, format } => portico::inspect::plan(&paths, format),

@@ -6,6 +6,7 @@ mod corpus;
 mod differential;
 mod files;
 mod golden;
+mod lint;
 mod proxy;
 mod reload;
 mod routing;
