@@ -132,7 +132,7 @@ pub async fn serve<S>(
                 return;
             }
         };
-        let keepalive = match handle(
+        let fut = handle(
             &mut io,
             &mut buf,
             &plan,
@@ -143,9 +143,8 @@ pub async fn serve<S>(
             &socket,
             &shared,
             (connection, served, tls.clone()),
-        )
-        .await
-        {
+        );
+        let keepalive = match fut.await {
             Ok(k) => k,
             Err(_) => return,
         };
@@ -202,7 +201,8 @@ where
         requests: served_count,
     };
     // Routing's log lines go to the error_log of the location it chose, as what serving logs.
-    let (decision, lines) = crate::logging::capture(|| route::route(plan, &request, &RealFiles));
+    let (decision, lines) =
+        crate::logging::capture(|| route::route(plan, &request, &route::ServingFiles));
     let log = decision
         .conf
         .settings
@@ -238,11 +238,8 @@ where
         sent_headers: plan.log_sent_headers,
     };
     let started = std::time::Instant::now();
-    let result = crate::logging::scoped(
-        log.clone(),
-        serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive),
-    )
-    .await;
+    let inner = serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive);
+    let result = crate::logging::scoped(log.clone(), inner).await;
     let served = ex.served.lock().map(|s| s.clone()).unwrap_or_default();
     if served.status != 0 {
         super::log::write(&super::log::Entry {
@@ -404,7 +401,9 @@ where
                     return Ok(false);
                 }
             }
-            files::serve(io, buf, &ex, &decision, plan, shared, path).await
+            // Boxed, as the other large branches: the request future stays small for the
+            // common answers (the state of a proxied exchange is tens of KiB).
+            Box::pin(files::serve(io, buf, &ex, &decision, plan, shared, path)).await
         }
         Outcome::Listing { path } => {
             if framing != Framing::None {
@@ -416,9 +415,11 @@ where
                     return Ok(false);
                 }
             }
-            files::listing(io, buf, &ex, &decision, plan, shared, path).await
+            Box::pin(files::listing(io, buf, &ex, &decision, plan, shared, path)).await
         }
-        Outcome::Proxy { .. } => proxy::serve(io, buf, &ex, &decision, plan, shared).await,
+        Outcome::Proxy { .. } => {
+            Box::pin(proxy::serve(io, buf, &ex, &decision, plan, shared)).await
+        }
     }
 }
 
@@ -446,7 +447,7 @@ pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
     use tokio::io::AsyncReadExt;
     let _ = io.shutdown().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut sink = [0u8; 16384];
+    let mut sink = vec![0u8; 16384];
     loop {
         let wait = Duration::from_secs(5)
             .min(deadline.saturating_duration_since(tokio::time::Instant::now()));

@@ -83,15 +83,18 @@ pub async fn read_head<R: AsyncRead + Unpin>(
                 Err(r) => return Ok(Err(r)),
             }
         }
-        let mut chunk = [0u8; 8192];
-        let n = io.read(&mut chunk).await?;
+        // Read straight into the buffer's spare room: no copy, and no array in the future's
+        // state (which every request would move).
+        if buf.capacity() - buf.len() < 2048 {
+            buf.reserve(8192);
+        }
+        let n = io.read_buf(buf).await?;
         if n == 0 {
             if buf.is_empty() {
                 return Ok(Ok(None));
             }
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -359,12 +362,13 @@ pub async fn read_body<R: AsyncRead + Unpin>(
 }
 
 async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut Vec<u8>) -> io::Result<()> {
-    let mut chunk = [0u8; 16384];
-    let n = io.read(&mut chunk).await?;
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16384);
+    }
+    let n = io.read_buf(buf).await?;
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    buf.extend_from_slice(&chunk[..n]);
     Ok(())
 }
 
