@@ -79,7 +79,21 @@ pub async fn serve<S>(
         let generation = super::drain::generation();
         let wait = Duration::from_millis(wait.max(1));
         let read = {
-            let read = tokio::time::timeout(wait, http1::read_head(&mut io, &mut buf, limits));
+            let read = tokio::time::timeout(wait, async {
+                // An idle connection holds no buffer: a plain TCP one waits for its next
+                // request to be readable before one is made (nginx frees its buffers too).
+                if buf.is_empty() {
+                    if buf.capacity() > 0 {
+                        buf = Vec::new();
+                    }
+                    if let Some(tcp) =
+                        (&mut io as &mut dyn std::any::Any).downcast_mut::<tokio::net::TcpStream>()
+                    {
+                        tcp.readable().await?;
+                    }
+                }
+                http1::read_head(&mut io, &mut buf, limits).await
+            });
             // Biased: a request already in the socket is read, not cut off.
             tokio::select! {
                 biased;
@@ -132,7 +146,9 @@ pub async fn serve<S>(
                 return;
             }
         };
-        let fut = handle(
+        // Boxed: what a request needs lives only while it is served, not in every idle
+        // connection.
+        let fut = Box::pin(handle(
             &mut io,
             &mut buf,
             &plan,
@@ -143,7 +159,7 @@ pub async fn serve<S>(
             &socket,
             &shared,
             (connection, served, tls.clone()),
-        );
+        ));
         let keepalive = match fut.await {
             Ok(k) => k,
             Err(_) => return,

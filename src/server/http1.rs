@@ -85,7 +85,10 @@ pub async fn read_head<R: AsyncRead + Unpin>(
         }
         // Read straight into the buffer's spare room: no copy, and no array in the future's
         // state (which every request would move).
-        if buf.capacity() - buf.len() < 2048 {
+        // 1 KiB first (nginx's client_header_buffer_size), more when a head needs it.
+        if buf.capacity() == 0 {
+            buf.reserve(1024);
+        } else if buf.capacity() - buf.len() < 512 {
             buf.reserve(8192);
         }
         let n = io.read_buf(buf).await?;
