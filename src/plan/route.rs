@@ -835,6 +835,14 @@ impl<'p> State<'p> {
                         Some(b) => (b, false),
                         None => (result.as_str(), true),
                     };
+                    // A redirect's target is unescaped as nginx does it (NGX_UNESCAPE_REDIRECT).
+                    let unescaped;
+                    let body = if redirect {
+                        unescaped = uri::unescape_redirect(body);
+                        unescaped.as_str()
+                    } else {
+                        body
+                    };
                     let (new_uri, new_args) = match body.split_once('?') {
                         Some((u, a)) => (u.to_string(), Some(a.to_string())),
                         None => (body.to_string(), None),

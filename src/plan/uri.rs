@@ -256,3 +256,77 @@ mod tests {
         assert_eq!(escape("a&b+c", Escape::Args), "a%26b%2Bc");
     }
 }
+
+/// nginx's `ngx_unescape_uri` with NGX_UNESCAPE_REDIRECT, as a rewrite's redirect target
+/// goes through it: `%XX` of a printable character after `%` is decoded, others are kept (so
+/// `%0D%0A` cannot split the header); decoding stops at a `?` (written or decoded). Invalid
+/// escapes lose bytes exactly as nginx's state machine drops them.
+pub fn unescape_redirect(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        _ => match c | 0x20 {
+            c @ b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        },
+    };
+    while i < b.len() {
+        let ch = b[i];
+        i += 1;
+        if ch == b'?' {
+            out.push(ch);
+            out.extend_from_slice(&b[i..]);
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        if ch != b'%' {
+            out.push(ch);
+            continue;
+        }
+        // sw_quoted
+        let Some(&c1) = b.get(i) else { break };
+        i += 1;
+        let Some(high) = hex(c1) else {
+            out.push(c1);
+            continue;
+        };
+        // sw_quoted_second
+        let Some(&c2) = b.get(i) else { break };
+        i += 1;
+        let Some(low) = hex(c2) else {
+            continue;
+        };
+        let decoded = (high << 4) + low;
+        if !c2.is_ascii_digit() && decoded == b'?' {
+            out.push(b'?');
+            out.extend_from_slice(&b[i..]);
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        if decoded > b'%' && decoded < 0x7f {
+            out.push(decoded);
+        } else {
+            out.extend_from_slice(&[b'%', c1, c2]);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::unescape_redirect;
+
+    #[test]
+    fn unescapes_as_nginx_redirects() {
+        assert_eq!(
+            unescape_redirect("http%3A%2F%2Fexample.com%2F%3Ffrom"),
+            "http://example.com/?from"
+        );
+        assert_eq!(
+            unescape_redirect("http%3A%2F%2Fexample.com%0D%0Asplit"),
+            "http://example.com%0D%0Asplit"
+        );
+        assert_eq!(unescape_redirect("/a%20b?x=%41"), "/a%20b?x=%41");
+        assert_eq!(unescape_redirect("/a%41"), "/aA");
+    }
+}
