@@ -415,6 +415,15 @@ impl FileCheck for RealFiles {
     fn is_dir(&self, path: &str) -> bool {
         std::path::Path::new(path).is_dir()
     }
+    fn is_executable(&self, path: &str) -> bool {
+        owner_executable(path)
+    }
+}
+
+/// nginx's `ngx_is_exec`: the owner's execute bit (files and directories alike).
+fn owner_executable(path: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o100 != 0)
 }
 
 /// The real file system as the server asks it: directories are found when served.
@@ -426,6 +435,9 @@ impl FileCheck for ServingFiles {
     }
     fn is_dir(&self, path: &str) -> bool {
         std::path::Path::new(path).is_dir()
+    }
+    fn is_executable(&self, path: &str) -> bool {
+        owner_executable(path)
     }
     fn redirects_dirs(&self) -> bool {
         false
