@@ -86,6 +86,7 @@ fn request(host: &str, target: &str) -> Request {
         explain: false,
         tls: None,
         requests: 1,
+        connection_ms: 0,
         chunked: false,
     }
 }

@@ -135,6 +135,7 @@ pub fn route(args: &RouteArgs) -> ExitCode {
         explain: true,
         tls: None,
         requests: 1,
+        connection_ms: 0,
         chunked,
     };
     let decision = route::route(&plan, &request, &RealFiles);

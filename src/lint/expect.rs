@@ -249,6 +249,7 @@ fn describe(plan: &Plan, e: &Expectation, files: &dyn FileCheck) -> Got {
         explain: false,
         tls: None,
         requests: 1,
+        connection_ms: 0,
     };
     let decision = route::route(plan, &request, files);
     match decision.outcome {

@@ -825,6 +825,9 @@ impl<'a> Lowerer<'a> {
             }
             "keepalive_requests" => s.keepalive_requests = Some(first.parse().unwrap_or(1000)),
             "keepalive_time" => s.keepalive_time = Some(msec(first)),
+            "keepalive_disable" => {
+                s.keepalive_disable = Some(a.iter().map(|v| v.to_string()).collect())
+            }
             "server_tokens" => {
                 s.server_tokens = Some(match first {
                     "off" => ServerTokens::Off,
@@ -888,6 +891,14 @@ impl<'a> Lowerer<'a> {
                         } else if let Some(v) = p.strip_prefix("if=") {
                             log.condition = Template::compile(v).ok();
                         }
+                    }
+                    // A file named outright is made when the server starts, as nginx opens it.
+                    if let Some(p) = log.path.as_literal()
+                        && p != "stderr"
+                        && !p.starts_with("syslog:")
+                        && !self.plan.access_log_files.iter().any(|f| f == p)
+                    {
+                        self.plan.access_log_files.push(p.to_string());
                     }
                     list.push(log);
                 }

@@ -55,6 +55,8 @@ pub struct Plan {
     pub http: Arc<LocConf>,
     /// `log_format`s by name, `combined` included.
     pub log_formats: HashMap<String, LogFormat>,
+    /// Access log files named without variables, for the runtime to create at start.
+    pub access_log_files: Vec<String>,
     /// Every `error_log` of the http, server and location levels: (path, level), for the
     /// runtime to open.
     pub error_logs: Vec<(String, String)>,

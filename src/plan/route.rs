@@ -47,6 +47,8 @@ pub struct Request {
     pub tls: Option<TlsInfo>,
     /// `$connection_requests`: requests made on the connection so far, this one included.
     pub requests: u64,
+    /// `$connection_time`: how long the connection has been open, in milliseconds.
+    pub connection_ms: u64,
 }
 
 /// What `$ssl_*` variables say about a TLS connection.
@@ -1746,6 +1748,11 @@ impl Resolve for State<'_> {
                     "ssl_protocol" => Cow::Borrowed(req.tls.as_ref()?.protocol.as_str()),
                     "ssl_cipher" => Cow::Borrowed(req.tls.as_ref()?.cipher.as_str()),
                     "connection_requests" => Cow::Owned(req.requests.to_string()),
+                    "connection_time" => Cow::Owned(format!(
+                        "{}.{:03}",
+                        req.connection_ms / 1000,
+                        req.connection_ms % 1000
+                    )),
                     "server_name" => Cow::Borrowed(self.server.name()),
                     "limit_rate" => Cow::Borrowed("0"),
                     "realip_remote_addr" => Cow::Owned(req.remote.ip().to_string()),

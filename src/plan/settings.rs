@@ -242,6 +242,8 @@ settings! {
     keepalive_timeout: (u64, Option<u64>) = (75 * SEC, None);
     keepalive_requests: u64 = 1000;
     keepalive_time: u64 = 3600 * SEC;
+    /// `keepalive_disable`: `msie6` (nginx's default), `safari`, `none`.
+    keepalive_disable: Vec<String> = vec!["msie6".to_string()];
     server_tokens: ServerTokens = ServerTokens::On;
     port_in_redirect: bool = true;
     absolute_redirect: bool = true;

@@ -48,6 +48,9 @@ pub async fn serve<S>(
     let mut buf: Vec<u8> = Vec::new();
     let mut served = 0u64;
     let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let opened = std::time::Instant::now();
+    // The keep-alive wait after a request is its location's keepalive_timeout.
+    let mut keepalive_wait: Option<u64> = None;
     loop {
         // Between requests: a removed listener or a shutdown ends the connection.
         if served > 0 && shared.drain.closing(&configured) {
@@ -69,7 +72,7 @@ pub async fn serve<S>(
         let wait = if served == 0 {
             s.client_header_timeout()
         } else {
-            s.keepalive_timeout().0
+            keepalive_wait.unwrap_or(s.keepalive_timeout().0)
         };
         // An idle keep-alive connection is closed at once when draining starts, and one
         // still waiting for a request worker_shutdown_timeout after a reload, as nginx's old
@@ -158,7 +161,8 @@ pub async fn serve<S>(
             &local,
             &socket,
             &shared,
-            (connection, served, tls.clone()),
+            (connection, served, tls.clone(), opened),
+            &mut keepalive_wait,
         ));
         let keepalive = match fut.await {
             Ok(k) => k,
@@ -192,7 +196,8 @@ async fn handle<S>(
     local: &ListenAddr,
     socket: &ListenAddr,
     shared: &Arc<Shared>,
-    (connection, served_count, tls): (u64, u64, Option<route::TlsInfo>),
+    (connection, served_count, tls, opened): (u64, u64, Option<route::TlsInfo>, std::time::Instant),
+    keepalive_wait: &mut Option<u64>,
 ) -> std::io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -215,6 +220,7 @@ where
         connection,
         explain: false,
         requests: served_count,
+        connection_ms: opened.elapsed().as_millis() as u64,
     };
     // Routing's log lines go to the error_log of the location it chose, as what serving logs.
     let (decision, lines) =
@@ -229,9 +235,12 @@ where
     crate::logging::emit(lines, log.as_deref());
     let conf = decision.conf.clone();
     let s = &conf.settings;
+    *keepalive_wait = Some(s.keepalive_timeout().0);
     let keepalive = head.wants_keepalive()
         && s.keepalive_timeout().0 > 0
         && served_count < s.keepalive_requests()
+        && opened.elapsed() <= Duration::from_millis(s.keepalive_time())
+        && !keepalive_disabled(head, s)
         && !shared.drain.closing(socket);
     // nginx refuses a declared body larger than client_max_body_size before anything else.
     if let Framing::Length(n) = framing {
@@ -620,6 +629,37 @@ impl Exchange<'_> {
             s.body_bytes_sent = body as u64;
         }
     }
+}
+
+/// `keepalive_disable`: no keep-alive for POSTs of MSIE 4-6 (`msie6`) or for Safari on
+/// macOS (`safari`), told from the User-Agent as nginx tells them.
+fn keepalive_disabled(head: &Head, s: &crate::plan::Settings) -> bool {
+    let rules = s.keepalive_disable();
+    if rules.iter().any(|r| r == "none") {
+        return false;
+    }
+    let Some(ua) = head.header("user-agent") else {
+        return false;
+    };
+    let opera = ua.contains("Opera");
+    let msie_at = ua.find("MSIE ").filter(|&i| i + 7 < ua.len() && !opera);
+    let b = ua.as_bytes();
+    let msie6 = msie_at.is_some_and(|i| {
+        b[i + 6] == b'.'
+            && match b[i + 5] {
+                b'4' | b'5' => true,
+                b'6' => !ua[i + 8..].contains("SV1"),
+                _ => false,
+            }
+    });
+    let safari = msie_at.is_none()
+        && !opera
+        && !ua.contains("Gecko/")
+        && !ua.contains("Chrome/")
+        && ua.contains("Safari/")
+        && ua.contains("Mac OS X");
+    (msie6 && head.method == "POST" && rules.iter().any(|r| r == "msie6"))
+        || (safari && rules.iter().any(|r| r == "safari"))
 }
 
 pub fn connection_header(ex: &Exchange<'_>) -> (String, String) {

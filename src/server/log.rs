@@ -23,6 +23,20 @@ enum Message {
     Reopen,
 }
 
+/// Creates the access log files a plan names (nginx opens them when it starts); a file that
+/// cannot be made is an error line, and its lines are tried again later.
+pub fn create_files(paths: &[String]) {
+    for p in paths {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            tracing::error!("open() \"{p}\" failed ({e})");
+        }
+    }
+}
+
 fn writer() -> &'static Mutex<Sender<Message>> {
     static CELL: OnceLock<Mutex<Sender<Message>>> = OnceLock::new();
     CELL.get_or_init(|| {

@@ -256,6 +256,7 @@ async fn run(
         }
     }
     crate::logging::open_logs(&loaded.plan.error_logs);
+    log::create_files(&loaded.plan.access_log_files);
     let shared = Arc::new(Shared {
         plan: ArcSwap::new(loaded.plan.clone()),
         upstreams: Upstreams::default(),

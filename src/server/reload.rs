@@ -334,6 +334,7 @@ impl Reloader {
         // its configuration; then the plan, in one store. Requests already running keep theirs.
         self.shared.tls.store(Arc::new(loaded.tls));
         crate::logging::open_logs(&loaded.plan.error_logs);
+        super::log::create_files(&loaded.plan.access_log_files);
         let old_plan = self.shared.plan.swap(loaded.plan.clone());
         let new_addrs: BTreeSet<&ListenAddr> =
             loaded.plan.sockets.iter().map(|s| &s.addr).collect();
