@@ -76,6 +76,14 @@ pub fn lower(compiled: &Compiled, options: &LowerOptions) -> (Plan, Vec<Diagnost
         }
     }
     l.finish();
+    l.plan.log_upstream_headers = l.plan.log_formats.values().any(|f| {
+        f.template.parts.iter().any(|p| {
+            matches!(
+                p,
+                super::template::Part::Var(super::template::Var::UpstreamHttp(_))
+            )
+        })
+    });
     l.plan.log_sent_headers = l.plan.log_formats.values().any(|f| {
         f.template.parts.iter().any(|p| {
             matches!(

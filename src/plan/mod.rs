@@ -62,6 +62,8 @@ pub struct Plan {
     pub error_logs: Vec<(String, String)>,
     /// Whether a log format reads `$sent_http_NAME`: the runtime then keeps what it sent.
     pub log_sent_headers: bool,
+    /// Whether a log format reads `$upstream_http_NAME`: the runtime keeps the upstream's.
+    pub log_upstream_headers: bool,
     /// nginx's prefix, which relative paths the runtime opens (temp paths) start from.
     pub prefix: String,
 }

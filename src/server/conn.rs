@@ -33,6 +33,8 @@ pub struct Exchange<'a> {
     pub expires: Option<&'a [String]>,
     /// Keep the answer's headers (the plan's log formats read them).
     pub sent_headers: bool,
+    /// Keep the upstream's headers (`$upstream_http_NAME` in a log format).
+    pub upstream_headers: bool,
 }
 
 pub async fn serve<S>(
@@ -261,6 +263,7 @@ where
         request: &request,
         expires: decision.expires.as_deref(),
         sent_headers: plan.log_sent_headers,
+        upstream_headers: plan.log_upstream_headers,
     };
     let started = std::time::Instant::now();
     let inner = serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive);
@@ -339,6 +342,7 @@ where
             request: ex.request,
             expires: page.expires.as_deref(),
             sent_headers: ex.sent_headers,
+            upstream_headers: ex.upstream_headers,
         };
         let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
         if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {

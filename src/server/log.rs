@@ -127,6 +127,8 @@ pub struct Served {
     pub request_body: Option<String>,
     /// The answer's header lines, when a log format reads `$sent_http_NAME`.
     pub sent_headers: Vec<(String, String)>,
+    /// The upstream's header lines, when a log format reads `$upstream_http_NAME`.
+    pub upstream_headers: Vec<(String, String)>,
 }
 
 /// One attempt on an upstream server, for the `$upstream_*` variables.
@@ -142,6 +144,11 @@ pub struct UpstreamState {
     pub response: Option<Duration>,
     /// Reached through an internal redirect (an `error_page`): nginx separates it with " : ".
     pub redirected: bool,
+    /// `$upstream_bytes_sent`, `$upstream_bytes_received`, `$upstream_response_length`
+    /// (the body as read, framing included, as nginx counts it).
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+    pub response_length: Option<u64>,
 }
 
 impl Served {
@@ -168,6 +175,11 @@ impl Served {
                 "upstream_connect_time" => time(u.connect),
                 "upstream_header_time" => time(u.header),
                 "upstream_response_time" => time(u.response),
+                "upstream_bytes_sent" => u.bytes_sent.map_or("0".into(), |n| n.to_string()),
+                "upstream_bytes_received" => u.bytes_received.map_or("0".into(), |n| n.to_string()),
+                "upstream_response_length" => {
+                    u.response_length.map_or("0".into(), |n| n.to_string())
+                }
                 _ => return None,
             };
             out.push_str(&v);
@@ -324,6 +336,15 @@ impl Resolve for Entry<'_> {
                     }),
             ),
             Var::Http(name) => Cow::Borrowed(h.header(&name.replace('_', "-"))?),
+            Var::UpstreamHttp(name) => {
+                let name = name.replace('_', "-");
+                let v = self
+                    .served
+                    .upstream_headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(&name))?;
+                Cow::Borrowed(v.1.as_str())
+            }
             Var::SentHttp(name) => {
                 // Every line of that name, joined as nginx joins a multi-line header.
                 let name = name.replace('_', "-");
@@ -360,6 +381,9 @@ impl Resolve for Entry<'_> {
                 "remote_user" => return None,
                 "upstream_addr"
                 | "upstream_status"
+                | "upstream_bytes_sent"
+                | "upstream_bytes_received"
+                | "upstream_response_length"
                 | "upstream_response_time"
                 | "upstream_header_time"
                 | "upstream_connect_time" => Cow::Owned(self.served.upstream_var(n)?),

@@ -152,6 +152,9 @@ where
         header: None,
         response: None,
         redirected: false,
+        bytes_sent: None,
+        bytes_received: None,
+        response_length: None,
     };
     loop {
         // nginx's peer.get: none left that can be tried is "no live upstreams", a 502.
@@ -419,6 +422,9 @@ struct Response {
     pool: Option<(String, String, Keepalive)>,
     /// The balancer's count of this connection to its server (`least_conn`, `max_conns`).
     lease: Option<Lease>,
+    /// Bytes of the request sent upstream, and of the response head read.
+    sent: u64,
+    head_len: u64,
 }
 
 impl Response {
@@ -533,6 +539,8 @@ where
     // A streamed body whose first bytes came with the head goes in the head's write, as
     // nginx sends what it has read ahead.
     let mut head_pending = matches!(body, ReqBody::Stream { .. }) && !buf.is_empty();
+    // What a streamed body put on the wire (chunk framing included), the head left out.
+    let mut streamed: u64 = 0;
     let sent = async {
         if !head_pending {
             up.write_all(head).await?;
@@ -604,6 +612,10 @@ where
                 Ok(Err(_)) => return Err((Failure::Error, false)),
                 Ok(Ok(())) => {}
             }
+            streamed += out.len() as u64;
+            if head_pending {
+                streamed -= head.len() as u64;
+            }
             head_pending = false;
             if piece.is_none() {
                 break;
@@ -611,6 +623,12 @@ where
         }
     }
     conn.requests += 1;
+    let sent_bytes = head.len() as u64
+        + match body {
+            ReqBody::Spooled(spool) => spool.len(),
+            ReqBody::Stream { .. } => streamed,
+            ReqBody::None => 0,
+        };
     let read_timeout = ms(s.proxy_read_timeout());
     let limit = (s.proxy_buffer_size() as usize).max(1024);
     let mut got = Vec::with_capacity(16384);
@@ -704,6 +722,8 @@ where
         && !find("connection").is_some_and(|v| v.contains("close"));
     Ok(Response {
         lease: None,
+        sent: sent_bytes,
+        head_len: consumed as u64,
         status,
         headers,
         leftover,
@@ -921,7 +941,7 @@ async fn deliver<S: AsyncWrite + Unpin>(
             release(conn, &mut r, &body, shared);
         }
         r.lease = None;
-        upstream_done(ex);
+        upstream_done(ex, &r, r.leftover.len() as u64);
         let sent = if client_head || bodyless { 0 } else { n };
         out.extend_from_slice(&r.leftover[..sent]);
         ex.record(r.status, out.len(), sent);
@@ -987,6 +1007,7 @@ async fn pump<S: AsyncWrite + Unpin>(
     let mut up: Option<Conn> = r.conn.take();
     let mut whole = true;
     let first = std::mem::take(&mut r.leftover);
+    let mut received = first.len() as u64;
     let feed = |data: &[u8], pipe: &mut Pipe, body: &mut Body| -> Result<(), ()> {
         let mut out = Vec::new();
         body.feed(data, &mut out)?;
@@ -1023,7 +1044,7 @@ async fn pump<S: AsyncWrite + Unpin>(
         if up.is_none() && !upstream_finished {
             // Done with the upstream (nginx frees the peer here): no longer its connection.
             r.lease = None;
-            upstream_done(ex);
+            upstream_done(ex, r, received);
             upstream_finished = true;
         }
         if up.is_none() && pipe.is_empty() {
@@ -1042,6 +1063,7 @@ async fn pump<S: AsyncWrite + Unpin>(
                         up = None;
                     }
                     Ok(Ok(n)) => {
+                        received += n as u64;
                         if feed(&rbuf[..n], &mut pipe, &mut body).is_err() {
                             tracing::error!("upstream sent invalid chunked response");
                             whole = false;
@@ -1164,11 +1186,19 @@ impl Body {
 
 /// `$upstream_addr`, `$upstream_status`, `$upstream_response_time` for the access log.
 /// The upstream has sent all it will: its `$upstream_response_time` is known.
-fn upstream_done(ex: &Exchange<'_>) {
+fn upstream_done(ex: &Exchange<'_>, r: &Response, body: u64) {
+    if ex.upstream_headers
+        && let Ok(mut s) = ex.served.lock()
+    {
+        s.upstream_headers = r.headers.clone();
+    }
     if let Ok(mut s) = ex.served.lock()
         && let Some(last) = s.upstreams.last_mut()
     {
         last.response.get_or_insert(last.started.elapsed());
+        last.bytes_sent = Some(r.sent);
+        last.bytes_received = Some(r.head_len + body);
+        last.response_length = Some(body);
     }
 }
 
