@@ -285,6 +285,58 @@ pub fn error_page(
     Some(st.serve_result(outcome, files, &mut cycles))
 }
 
+/// `X-Accel-Redirect` from the upstream that `decision` proxied to: an internal redirect to
+/// `target` (a URI, through the server's rewrites again, or a `@named` location), as nginx
+/// makes it. `req` is the request as it goes on (GET unless HEAD).
+pub fn accel_redirect(
+    plan: &Plan,
+    req: &Request,
+    decision: &Decision,
+    target: &str,
+    files: &dyn FileCheck,
+    known: Vec<(String, String)>,
+) -> Option<Decision> {
+    let server = plan.servers.get(decision.server)?;
+    let mut st = resume(plan, req, server, decision, known);
+    st.internal = true;
+    st.valid_unparsed = false;
+    let mut cycles = 0;
+    if target.starts_with('@') {
+        let Some(loc) = server.named.get(target).cloned() else {
+            tracing::error!("could not find named location \"{target}\"");
+            let o = st.status(500, None);
+            return Some(st.serve_result(o, files, &mut cycles));
+        };
+        st.location = Some(loc.clone());
+        st.conf = loc.conf.clone();
+        let ops: Vec<&Op> = loc.conf.ops.iter().collect();
+        return Some(match st.run(&ops, files) {
+            Flow::Done(o) => st.serve_result(o, files, &mut cycles),
+            Flow::Last => st.find_and_serve(files),
+            _ if st.uri_changed => st.find_and_serve(files),
+            _ => match st.handler(files) {
+                Ok(o) => st.serve_result(o, files, &mut cycles),
+                Err(Restart) => st.find_and_serve(files),
+            },
+        });
+    }
+    let Some((uri, args)) = uri::parse_unsafe(target) else {
+        tracing::error!("unsafe URI \"{target}\" was detected");
+        let o = st.status(404, None);
+        return Some(st.serve_result(o, files, &mut cycles));
+    };
+    st.uri = uri;
+    st.args = args;
+    // An internal redirect starts again at the server's rewrite phase.
+    st.conf = server.conf.clone();
+    st.location = None;
+    match st.run(&server.conf.ops.iter().collect::<Vec<_>>(), files) {
+        Flow::Done(o) => return Some(st.serve_result(o, files, &mut cycles)),
+        Flow::Next | Flow::Last | Flow::Break => {}
+    }
+    Some(st.find_and_serve(files))
+}
+
 /// The routing state where `decision` left it, with the variables only the runtime knows.
 fn resume<'p>(
     plan: &'p Plan,

@@ -330,3 +330,65 @@ mod redirect_tests {
         assert_eq!(unescape_redirect("/a%41"), "/aA");
     }
 }
+
+/// nginx's `ngx_http_parse_unsafe_uri` for an `X-Accel-Redirect` target: `None` when it is
+/// unsafe (empty, `..` segments, NUL, before or after unescaping); else the URI, unescaped,
+/// and its arguments.
+pub fn parse_unsafe(value: &str) -> Option<(String, String)> {
+    let dotdot = |p: &[u8]| p.starts_with(b"..") && (p.len() == 2 || p[2] == b'/');
+    let check = |p: &[u8]| -> bool {
+        if dotdot(p) {
+            return false;
+        }
+        for (i, &c) in p.iter().enumerate() {
+            if c == 0 {
+                return false;
+            }
+            if c == b'/' && p.len() - i > 2 && dotdot(&p[i + 1..]) {
+                return false;
+            }
+        }
+        true
+    };
+    if value.is_empty() || value.starts_with('?') {
+        return None;
+    }
+    let (uri, args) = value.split_once('?').unwrap_or((value, ""));
+    if !check(uri.as_bytes()) {
+        return None;
+    }
+    if !uri.contains('%') {
+        return Some((uri.to_string(), args.to_string()));
+    }
+    let decoded = percent_decode_plain(uri);
+    if decoded.is_empty() || !check(&decoded) {
+        return None;
+    }
+    Some((
+        String::from_utf8_lossy(&decoded).into_owned(),
+        args.to_string(),
+    ))
+}
+
+/// `ngx_unescape_uri` with no type: every valid `%XX` decoded.
+fn percent_decode_plain(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            )
+        {
+            out.push((h << 4) | l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}

@@ -35,6 +35,9 @@ pub struct Exchange<'a> {
     pub sent_headers: bool,
     /// Keep the upstream's headers (`$upstream_http_NAME` in a log format).
     pub upstream_headers: bool,
+    /// After `X-Accel-Redirect`: the upstream's headers that stay on the answer
+    /// (Content-Type replaces the answer's own).
+    pub preserved: &'a [(String, String)],
 }
 
 pub async fn serve<S>(
@@ -264,6 +267,7 @@ where
         expires: decision.expires.as_deref(),
         sent_headers: plan.log_sent_headers,
         upstream_headers: plan.log_upstream_headers,
+        preserved: &[],
     };
     let started = std::time::Instant::now();
     let inner = serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive);
@@ -311,8 +315,10 @@ where
             &RealFiles,
             known.clone(),
         ) else {
-            // nginx's own page, with the `add_header ... always` of the location.
+            // nginx's own page, with the `add_header ... always` of the location (and what an
+            // X-Accel-Redirect kept).
             let mut extra = keep;
+            extra.extend(preserved_rest(ex));
             extra.extend(add_headers(ex, status));
             extra.extend(late_headers(ex, decision, plan, status, known));
             if ex.sent_headers {
@@ -343,6 +349,7 @@ where
             expires: page.expires.as_deref(),
             sent_headers: ex.sent_headers,
             upstream_headers: ex.upstream_headers,
+            preserved: ex.preserved,
         };
         let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
         if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
@@ -576,7 +583,9 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     ];
     let bodyless = status == 204 || status == 304 || (100..200).contains(&status);
     if !bodyless {
-        if !content_type.is_empty() {
+        if let Some(ct) = preserved_type(ex) {
+            headers.push(("Content-Type".to_string(), ct.to_string()));
+        } else if !content_type.is_empty() {
             headers.push((
                 "Content-Type".to_string(),
                 with_charset(content_type, status, s).into_owned(),
@@ -586,6 +595,7 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     }
     headers.push(connection_header(ex));
     headers.extend(keepalive_header(ex));
+    headers.extend(preserved_rest(ex));
     headers.extend(extra.iter().cloned());
     headers.extend(super::files::expires(ex.expires, status, None));
     headers.extend(add_headers(ex, status));
@@ -664,6 +674,104 @@ fn keepalive_disabled(head: &Head, s: &crate::plan::Settings) -> bool {
         && ua.contains("Mac OS X");
     (msie6 && head.method == "POST" && rules.iter().any(|r| r == "msie6"))
         || (safari && rules.iter().any(|r| r == "safari"))
+}
+
+/// The Content-Type an `X-Accel-Redirect` kept, if any.
+pub fn preserved_type<'a>(ex: &'a Exchange<'_>) -> Option<&'a str> {
+    ex.preserved
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The other headers an `X-Accel-Redirect` kept.
+pub fn preserved_rest(ex: &Exchange<'_>) -> Vec<(String, String)> {
+    ex.preserved
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("content-type"))
+        .cloned()
+        .collect()
+}
+
+/// `X-Accel-Redirect`: the answer is the internal redirect's (as GET, HEAD kept), with the
+/// upstream's Content-Type, Set-Cookie, Content-Disposition, Cache-Control, Expires and
+/// Accept-Ranges.
+#[allow(clippy::too_many_arguments)]
+pub fn serve_accel<'a, S>(
+    io: &'a mut S,
+    buf: &'a mut Vec<u8>,
+    ex: &'a Exchange<'a>,
+    decision: &'a route::Decision,
+    plan: &'a Arc<Plan>,
+    shared: &'a Arc<Shared>,
+    target: String,
+    upstream: Vec<(String, String)>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<bool>> + Send + 'a>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        // A URI is requested again as GET (HEAD stays); a named location keeps the method.
+        let mut head = ex.head.clone();
+        if head.method != "HEAD" && !target.starts_with('@') {
+            head.method = "GET".to_string();
+        }
+        let mut request = ex.request.clone();
+        request.method = head.method.clone();
+        let mut known = known_vars(ex);
+        for (n, v) in &upstream {
+            let name = n.to_ascii_lowercase().replace('-', "_");
+            known.push((format!("upstream_http_{name}"), v.clone()));
+        }
+        let preserved: Vec<(String, String)> = upstream
+            .into_iter()
+            .filter(|(n, _)| {
+                matches!(
+                    n.to_ascii_lowercase().as_str(),
+                    "content-type"
+                        | "set-cookie"
+                        | "content-disposition"
+                        | "cache-control"
+                        | "expires"
+                        | "accept-ranges"
+                )
+            })
+            .collect();
+        let Some(page) = route::accel_redirect(
+            plan,
+            &request,
+            decision,
+            &target,
+            &route::ServingFiles,
+            known,
+        ) else {
+            error_page_with(io, 500, ex.conf, ex.keepalive, Vec::new()).await?;
+            ex.record(500, 0, 0);
+            return Ok(ex.keepalive);
+        };
+        let inner = Exchange {
+            head: &head,
+            add: &page.add_headers,
+            served: Default::default(),
+            framing: Framing::None,
+            keepalive: ex.keepalive,
+            conf: &page.conf,
+            request: &request,
+            expires: page.expires.as_deref(),
+            sent_headers: ex.sent_headers,
+            upstream_headers: ex.upstream_headers,
+            preserved: &preserved,
+        };
+        let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
+        if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
+            let upstreams = std::mem::take(&mut outer.upstreams);
+            *outer = served.clone();
+            if outer.upstreams.is_empty() {
+                outer.upstreams = upstreams;
+            }
+        }
+        result
+    })
 }
 
 pub fn connection_header(ex: &Exchange<'_>) -> (String, String) {

@@ -127,8 +127,13 @@ where
         }
     }
 
-    let content_type = conn::content_type_for(&decision.uri, s);
-    let content_type = conn::with_charset(&content_type, 200, s).into_owned();
+    let content_type = match conn::preserved_type(ex) {
+        Some(ct) => ct.to_string(),
+        None => {
+            let ct = conn::content_type_for(&decision.uri, s);
+            conn::with_charset(&ct, 200, s).into_owned()
+        }
+    };
     // The range filter, for a 200.
     // nginx 1.22 serves a `.gz` whole (ranges of it came in 1.23.4).
     let ranges = if status == 200 && ex.head.version >= (1, 0) && !encoding {
@@ -193,6 +198,7 @@ where
     }
     headers.push(conn::connection_header(ex));
     headers.extend(conn::keepalive_header(ex));
+    headers.extend(conn::preserved_rest(ex));
     if vary && s.gzip_vary() {
         headers.push(("Vary".to_string(), "Accept-Encoding".to_string()));
     }

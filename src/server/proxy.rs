@@ -234,6 +234,21 @@ where
                 }
                 response.lease = lease;
                 note_upstream(ex, &states);
+                // X-Accel-Redirect: the upstream names what to serve instead.
+                let ignored = s
+                    .proxy_ignore_headers()
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case("x-accel-redirect"));
+                if !ignored
+                    && let Some(target) = response.header("x-accel-redirect").map(str::to_string)
+                {
+                    let upstream = std::mem::take(&mut response.headers);
+                    drop(response);
+                    return super::conn::serve_accel(
+                        io, buf, ex, decision, plan, shared, target, upstream,
+                    )
+                    .await;
+                }
                 // proxy_intercept_errors: an error with an error_page gets the page instead.
                 if response.status >= 300
                     && s.proxy_intercept_errors()
