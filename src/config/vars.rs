@@ -163,6 +163,14 @@ pub fn roles<'a>(d: &'a Directive) -> Roles<'a> {
         "server_name" => r
             .regexes
             .extend(a.iter().filter_map(|v| v.strip_prefix('~'))),
+        // `~regex replacement`: the first word is a regex, not a script.
+        "proxy_redirect" | "proxy_cookie_domain" | "proxy_cookie_path"
+            if a.first().is_some_and(|v| v.starts_with('~')) =>
+        {
+            r.regexes
+                .push(a[0].trim_start_matches("~*").trim_start_matches('~'));
+            r.scripts.extend(a.iter().skip(1).copied());
+        }
         "root"
         | "alias"
         | "try_files"

@@ -953,6 +953,58 @@ impl<'a> Lowerer<'a> {
                     _ => self.error(d, "invalid-value", format!("invalid parameter \"{first}\"")),
                 }
             }
+            "proxy_cookie_domain" | "proxy_cookie_path" => {
+                let domain = d.name() == "proxy_cookie_domain";
+                // A domain's leading dot is not part of what is matched or written.
+                let undot = |v: &str| -> String {
+                    if domain {
+                        v.strip_prefix('.').unwrap_or(v).to_string()
+                    } else {
+                        v.to_string()
+                    }
+                };
+                let rule = match (first, a.get(1)) {
+                    ("off", None) => Some(ProxyRedirect::Off),
+                    (from, Some(to)) => {
+                        let to = undot(to);
+                        let to = Template::compile(&to).unwrap_or_else(|_| Template::literal(&to));
+                        let regex = from
+                            .strip_prefix("~*")
+                            .map(|r| (r, true))
+                            .or_else(|| from.strip_prefix('~').map(|r| (r, false)));
+                        match regex {
+                            // A domain regex is always caseless, as in nginx.
+                            Some((re, caseless)) => match Regex::new(re, caseless || domain) {
+                                Ok(regex) => Some(ProxyRedirect::Regex { regex, to }),
+                                Err(m) => {
+                                    self.error_at(d, &d.args[0], "regex", m);
+                                    None
+                                }
+                            },
+                            None => {
+                                let from = undot(from);
+                                let from = Template::compile(&from)
+                                    .unwrap_or_else(|_| Template::literal(&from));
+                                Some(ProxyRedirect::Replace { from, to })
+                            }
+                        }
+                    }
+                    _ => {
+                        self.error(d, "invalid-value", format!("invalid parameter \"{first}\""));
+                        None
+                    }
+                };
+                let list = if domain {
+                    s.proxy_cookie_domain.get_or_insert_with(Vec::new)
+                } else {
+                    s.proxy_cookie_path.get_or_insert_with(Vec::new)
+                };
+                match rule {
+                    Some(ProxyRedirect::Off) => list.clear(),
+                    Some(r) => list.push(r),
+                    None => {}
+                }
+            }
             "proxy_buffering" => s.proxy_buffering = Some(flag(first)),
             "proxy_request_buffering" => s.proxy_request_buffering = Some(flag(first)),
             "proxy_buffer_size" => s.proxy_buffer_size = Some(size(first)),

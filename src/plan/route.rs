@@ -93,12 +93,61 @@ pub enum Outcome {
         /// The evaluated key of the group's `hash`, when it balances by one.
         #[serde(skip_serializing_if = "Option::is_none")]
         hash_key: Option<String>,
+        /// `proxy_cookie_domain` and `proxy_cookie_path`, resolved for this request.
+        #[serde(skip)]
+        cookies: Arc<CookieRules>,
         request: UpstreamRequest,
     },
     /// A file under `root`/`alias`.
     File { path: String },
     /// A directory's listing (`autoindex`): the directory's path, ending in `/`.
     Listing { path: String },
+}
+
+/// `proxy_cookie_domain` and `proxy_cookie_path` with their variables evaluated.
+#[derive(Clone, Debug, Default)]
+pub struct CookieRules {
+    pub domain: Vec<Redirect>,
+    pub path: Vec<Redirect>,
+}
+
+impl CookieRules {
+    pub fn is_empty(&self) -> bool {
+        self.domain.is_empty() && self.path.is_empty()
+    }
+
+    /// nginx's ngx_http_proxy_rewrite_cookie: the `Domain=` and `Path=` attributes of a
+    /// Set-Cookie value rewritten by the first rule that matches each.
+    pub fn rewrite(&self, value: &str) -> String {
+        let mut parts: Vec<String> = value.split(';').map(str::to_string).collect();
+        for part in parts.iter_mut().skip(1) {
+            let trimmed = part.trim_start();
+            let lead = part.len() - trimmed.len();
+            let Some((name, v)) = trimmed.split_once('=') else {
+                continue;
+            };
+            let new = if name.eq_ignore_ascii_case("domain") {
+                let (dot, bare) = match v.strip_prefix('.') {
+                    Some(b) => (".", b),
+                    None => ("", v),
+                };
+                self.domain.iter().find_map(|r| match r {
+                    Redirect::Prefix { from, to } => bare
+                        .eq_ignore_ascii_case(from)
+                        .then(|| format!("{dot}{to}")),
+                    Redirect::Regex { .. } => Redirect::apply(std::slice::from_ref(r), v),
+                })
+            } else if name.eq_ignore_ascii_case("path") {
+                Redirect::apply(&self.path, v)
+            } else {
+                None
+            };
+            if let Some(new) = new {
+                *part = format!("{}{name}={new}", &part[..lead]);
+            }
+        }
+        parts.join(";")
+    }
 }
 
 /// A `proxy_redirect` rule with its variables evaluated.
@@ -1574,9 +1623,26 @@ impl<'p> State<'p> {
                 ProxyRedirect::Regex { regex, to } => redirects.push(Redirect::Regex { regex, to }),
             }
         }
+        let mut cookies = CookieRules::default();
+        for (rules, out) in [
+            (s.proxy_cookie_domain(), &mut cookies.domain),
+            (s.proxy_cookie_path(), &mut cookies.path),
+        ] {
+            for r in rules {
+                match r {
+                    ProxyRedirect::Replace { from, to } => out.push(Redirect::Prefix {
+                        from: self.eval(&from),
+                        to: self.eval(&to),
+                    }),
+                    ProxyRedirect::Regex { regex, to } => out.push(Redirect::Regex { regex, to }),
+                    _ => {}
+                }
+            }
+        }
         Outcome::Proxy {
             upstream,
             redirects,
+            cookies: Arc::new(cookies),
             pass: pass.clone(),
             url: url_text,
             hash_key,

@@ -314,6 +314,9 @@ settings! {
     proxy_hide_header: Vec<String> = Vec::new();
     proxy_pass_header: Vec<String> = Vec::new();
     proxy_redirect: Vec<ProxyRedirect> = vec![ProxyRedirect::Default];
+    /// `proxy_cookie_domain` / `proxy_cookie_path` rules (none: off).
+    proxy_cookie_domain: Vec<ProxyRedirect> = Vec::new();
+    proxy_cookie_path: Vec<ProxyRedirect> = Vec::new();
     proxy_buffering: bool = true;
     proxy_request_buffering: bool = true;
     proxy_buffer_size: u64 = 4 * KB;

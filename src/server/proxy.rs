@@ -73,6 +73,7 @@ where
         pass,
         redirects,
         hash_key,
+        ..
     } = &decision.outcome
     else {
         return Ok(false);
@@ -896,7 +897,13 @@ async fn deliver<S: AsyncWrite + Unpin>(
                 )))
             || hide.contains(&lower);
         if !hidden {
-            headers.push((n.clone(), v.clone()));
+            let value = match &decision.outcome {
+                Outcome::Proxy { cookies, .. } if lower == "set-cookie" && !cookies.is_empty() => {
+                    cookies.rewrite(v)
+                }
+                _ => v.clone(),
+            };
+            headers.push((n.clone(), value));
         }
     }
     // expires replaces the upstream's Expires and Cache-Control where they stand.

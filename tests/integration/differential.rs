@@ -341,6 +341,7 @@ const COMPARED_HEADERS: &[&str] = &[
     "Last-Modified",
     "Vary",
     "Cache-Control",
+    "Set-Cookie",
 ];
 
 fn normalize(s: &str, port: u16, echo: u16) -> String {
