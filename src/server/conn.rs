@@ -397,6 +397,17 @@ where
             if *status == 444 {
                 return Ok(false);
             }
+            // nginx discards what of the body has already come before answering: a chunked
+            // body already malformed there is a 400.
+            if framing == Framing::Chunked && !buf.is_empty() {
+                let mut decoder = super::body::Decoder::default();
+                if decoder.feed(buf, &mut Vec::new()).is_err() {
+                    error_response(io, 400, &conf, false).await?;
+                    ex.record(400, 0, 0);
+                    linger(io).await;
+                    return Ok(false);
+                }
+            }
             let builtin = body.as_deref().is_some_and(|b| {
                 pages::default_page(*status, s.server_tokens()).as_deref() == Some(b)
             });

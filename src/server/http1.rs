@@ -251,6 +251,14 @@ pub fn check_head(head: &Head) -> Result<Framing, Refused> {
         .map(|(_, v)| v.as_str())
         .collect();
     let te = head.header("transfer-encoding");
+    let te_lines = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
+        .count();
+    if te_lines > 1 {
+        return Err(Refused(400));
+    }
     if let Some(te) = te {
         if head.version < (1, 1) {
             return Err(Refused(400));
