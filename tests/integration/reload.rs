@@ -378,6 +378,12 @@ fn an_atomic_rename_save_reloads() {
     // As vim and most editors save: a new file, renamed over the old one.
     write_atomically(&conf, &text("two"));
     server.wait_for_body(port, "two");
+    // Its line is written once the swap is done: wait for it before counting.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.log().matches("reload (file change) done").count() < 1 && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(10));
+    }
     // A burst of saves makes one reload.
     let before = server.log().matches("reload (file change) done").count();
     for i in 0..5 {
@@ -473,13 +479,21 @@ fn an_edited_include_reloads_and_new_includes_are_followed() {
     )
     .unwrap();
     server.wait_for_body(port2, "more");
-    // The reload line says what changed.
-    let log = server.log();
+    // The reload lines say what changed (written once the swap is done, so shortly after
+    // the new plan answers: wait for them).
+    let listeners = format!("listeners +1 -0 (+127.0.0.1:{port2})");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = server.log();
+        if (log.contains("locations +0 -0 ~1 (~\"\" /)") && log.contains(&listeners))
+            || Instant::now() > deadline
+        {
+            break log;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
     assert!(log.contains("locations +0 -0 ~1 (~\"\" /)"), "{log}");
-    assert!(
-        log.contains(&format!("listeners +1 -0 (+127.0.0.1:{port2})")),
-        "{log}"
-    );
+    assert!(log.contains(&listeners), "{log}");
 }
 
 #[test]
