@@ -268,7 +268,7 @@ pub struct ProxyPass {
 }
 
 /// An `upstream {}` block, or an implicit one from a `proxy_pass` URL.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Upstream {
     pub name: String,
     pub implicit: bool,

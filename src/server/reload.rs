@@ -52,7 +52,8 @@ pub fn compile(paths: &Paths, globals: Option<String>) -> Result<Loaded, Vec<Str
     };
     let fs = RecordingFs::default();
     let mut compiled = config::compile(&fs, &options);
-    let plan = plan::build(&mut compiled, &crate::inspect::lower_options(paths));
+    let mut plan = plan::build(&mut compiled, &crate::inspect::lower_options(paths));
+    resolve_peers(&mut plan);
     let lines = |severity: config::Severity| -> Vec<String> {
         compiled
             .diagnostics
@@ -701,5 +702,54 @@ mod tests {
             status_path(Path::new("/run/nginx.pid")),
             PathBuf::from("/run/nginx.pid.reload")
         );
+    }
+}
+
+/// nginx resolves upstream server names when it reads the configuration: every address of a
+/// name becomes a server of its group (`proxy_pass http://localhost:8000` is two servers
+/// where localhost is 127.0.0.1 and ::1). The compiler makes no lookups; the runtime makes
+/// them here, off the serving path. A name that does not resolve stays a name (connecting to
+/// it then fails as an upstream error).
+fn resolve_peers(plan: &mut crate::plan::Plan) {
+    use crate::plan::PeerAddr;
+    use std::net::ToSocketAddrs;
+    let named = |p: &crate::plan::Peer| matches!(&p.addr, PeerAddr::Tcp { host, .. } if host.parse::<std::net::IpAddr>().is_err());
+    for up in plan.upstreams.iter_mut() {
+        if !up.servers.iter().any(named) {
+            continue;
+        }
+        let mut servers = Vec::new();
+        for p in &up.servers {
+            let PeerAddr::Tcp { host, port } = &p.addr else {
+                servers.push(p.clone());
+                continue;
+            };
+            if !named(p) {
+                servers.push(p.clone());
+                continue;
+            }
+            let mut seen: Vec<std::net::SocketAddr> = Vec::new();
+            if let Ok(addrs) = (host.as_str(), *port).to_socket_addrs() {
+                for a in addrs {
+                    if !seen.contains(&a) {
+                        seen.push(a);
+                    }
+                }
+            }
+            if seen.is_empty() {
+                servers.push(p.clone());
+            }
+            for a in seen {
+                let mut q = p.clone();
+                q.addr = PeerAddr::Tcp {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                };
+                servers.push(q);
+            }
+        }
+        let mut resolved = (**up).clone();
+        resolved.servers = servers;
+        *up = std::sync::Arc::new(resolved);
     }
 }
