@@ -168,6 +168,9 @@ fn write_main(level: u8, line: &[u8]) {
     };
 }
 
+/// The target of events written whatever the error_log level (a reload's outcome line).
+pub const ALWAYS: &str = "portico::always";
+
 fn rank(level: &Level) -> u8 {
     match *level {
         Level::TRACE | Level::DEBUG => 0,
@@ -183,7 +186,7 @@ pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let by_level = tracing_subscriber::filter::filter_fn(|m| {
-        rank(m.level()) >= MIN_LEVEL.load(Ordering::Relaxed)
+        m.target() == ALWAYS || rank(m.level()) >= MIN_LEVEL.load(Ordering::Relaxed)
     });
     let layer = tracing_subscriber::fmt::layer()
         // A log file, like nginx's, holds no terminal colour codes (in structured fields).
@@ -276,9 +279,13 @@ impl<'a> MakeWriter<'a> for Target {
     }
 
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> TargetWriter {
-        TargetWriter {
-            level: rank(meta.level()),
-        }
+        // Lines for every log pass every level check.
+        let level = if meta.target() == ALWAYS {
+            u8::MAX
+        } else {
+            rank(meta.level())
+        };
+        TargetWriter { level }
     }
 }
 

@@ -387,7 +387,8 @@ impl Reloader {
         // From the trigger to the swap done and the sockets reconciled.
         let took = clock.elapsed();
         let line = format!("reload ({cause}) done in {} ms: {changes}", millis(took));
-        tracing::info!("{line}");
+        // A [notice], written whatever error_log's level: every reload leaves its line.
+        tracing::info!(target: crate::logging::ALWAYS, "{line}");
         self.write_status(Status {
             started: started_at,
             ok: true,
