@@ -1642,7 +1642,13 @@ impl<'p> State<'p> {
         Outcome::Proxy {
             upstream,
             redirects,
-            cookies: Arc::new(cookies),
+            cookies: if cookies.is_empty() {
+                // The common case shares one empty set: no allocation per request.
+                static EMPTY: std::sync::OnceLock<Arc<CookieRules>> = std::sync::OnceLock::new();
+                EMPTY.get_or_init(Default::default).clone()
+            } else {
+                Arc::new(cookies)
+            },
             pass: pass.clone(),
             url: url_text,
             hash_key,
