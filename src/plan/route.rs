@@ -534,13 +534,13 @@ pub struct ServingFiles;
 
 impl FileCheck for ServingFiles {
     fn is_file(&self, path: &str) -> bool {
-        std::path::Path::new(path).is_file()
+        RealFiles.is_file(path)
     }
     fn is_dir(&self, path: &str) -> bool {
-        std::path::Path::new(path).is_dir()
+        RealFiles.is_dir(path)
     }
     fn is_executable(&self, path: &str) -> bool {
-        owner_executable(path)
+        RealFiles.is_executable(path)
     }
     fn redirects_dirs(&self) -> bool {
         false
