@@ -338,19 +338,7 @@ where
         let mut add = page.add_headers.clone();
         add.extend(keep.into_iter().map(|(n, v)| (n, v, true)));
         // The body has been read (or is gone): the page's handler gets none.
-        let inner = Exchange {
-            head: ex.head,
-            add: &add,
-            served: Default::default(),
-            framing: Framing::None,
-            keepalive: ex.keepalive,
-            conf: &page.conf,
-            request: ex.request,
-            expires: page.expires.as_deref(),
-            sent_headers: ex.sent_headers,
-            upstream_headers: ex.upstream_headers,
-            preserved: ex.preserved,
-        };
+        let inner = ex.redirected(ex.head, &add, &page, ex.request, ex.preserved);
         let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
         if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
             let before = outer.clone();
@@ -635,7 +623,32 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     }
 }
 
-impl Exchange<'_> {
+impl<'a> Exchange<'a> {
+    /// The exchange of an internal redirect (an error page, an X-Accel-Redirect) to `page`:
+    /// the body has been read or is gone, so the page's handler gets none.
+    fn redirected<'b>(
+        &self,
+        head: &'b Head,
+        add: &'b [(String, String, bool)],
+        page: &'b route::Decision,
+        request: &'b route::Request,
+        preserved: &'b [(String, String)],
+    ) -> Exchange<'b> {
+        Exchange {
+            head,
+            add,
+            served: Default::default(),
+            framing: Framing::None,
+            keepalive: self.keepalive,
+            conf: &page.conf,
+            request,
+            expires: page.expires.as_deref(),
+            sent_headers: self.sent_headers,
+            upstream_headers: self.upstream_headers,
+            preserved,
+        }
+    }
+
     /// Notes what was sent, for the access log.
     /// Keeps the header lines of the answer, for `$sent_http_NAME` in the access log.
     pub fn note_headers(&self, headers: &[(String, String)]) {
@@ -760,19 +773,7 @@ where
             ex.record(500, 0, 0);
             return Ok(ex.keepalive);
         };
-        let inner = Exchange {
-            head: &head,
-            add: &page.add_headers,
-            served: Default::default(),
-            framing: Framing::None,
-            keepalive: ex.keepalive,
-            conf: &page.conf,
-            request: &request,
-            expires: page.expires.as_deref(),
-            sent_headers: ex.sent_headers,
-            upstream_headers: ex.upstream_headers,
-            preserved: &preserved,
-        };
+        let inner = ex.redirected(&head, &page.add_headers, &page, &request, &preserved);
         let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
         if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
             let upstreams = std::mem::take(&mut outer.upstreams);
