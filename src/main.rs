@@ -8,7 +8,7 @@ use portico::cli::{Action, Cli};
 /// mimalloc: per-thread free lists suit the many small, short-lived allocations of requests.
 /// Measured with `return 200` under wrk -c50, alternating builds: 120.9k req/s against
 /// glibc's 110.7k (means of three 3 s runs on a shared 2-core machine).
-#[global_allocator]
+#[cfg_attr(not(portico_system_alloc), global_allocator)]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {

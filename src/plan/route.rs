@@ -212,8 +212,9 @@ pub struct Decision {
     /// by [`late_headers`] when the answer is sent.
     pub late_headers: Vec<(String, Template, bool)>,
     /// `scheme://host[:port]` that a relative redirect is made absolute with (nginx's
-    /// `absolute_redirect`); empty when it is off.
-    pub base: String,
+    /// `absolute_redirect`); empty when it is off. Written out only by an answer that
+    /// redirects.
+    pub base: Base,
     /// The status the answer must carry whatever its handler says (`error_page` without
     /// `=`, or with `=code`), for files and proxied answers.
     pub status: Option<u16>,
@@ -571,8 +572,31 @@ fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> De
         late_headers: Vec::new(),
         expires: None,
         remote: None,
-        base: String::new(),
+        base: Base::default(),
         status: None,
+    }
+}
+
+/// What a relative `Location` is prefixed with: `scheme://host[:port]`, or nothing when
+/// `absolute_redirect` is off (`Display` writes it).
+#[derive(Clone, Debug, Default)]
+pub struct Base {
+    /// `None`: absolute_redirect off.
+    pub scheme: Option<&'static str>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(scheme) = self.scheme else {
+            return Ok(());
+        };
+        write!(f, "{scheme}://{}", self.host)?;
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -831,7 +855,7 @@ impl<'p> State<'p> {
                 add_headers.push((h.name.clone(), v, h.always));
             }
         }
-        let base = self.absolute("/").trim_end_matches('/').to_string();
+        let base = self.base();
         let expires = self.conf.settings.expires.as_ref().and_then(|words| {
             if words.first().is_some_and(|w| w == "off") {
                 return None;
@@ -891,11 +915,18 @@ impl<'p> State<'p> {
 
     /// nginx makes a relative `Location` absolute (`absolute_redirect`).
     fn absolute(&self, location: &str) -> String {
-        let s = &self.conf.settings;
-        if !location.starts_with('/') || !s.absolute_redirect() {
+        if !location.starts_with('/') || !self.conf.settings.absolute_redirect() {
             return location.to_string();
         }
-        let scheme = if self.req.https { "https" } else { "http" };
+        format!("{}{location}", self.base())
+    }
+
+    /// The prefix of [`absolute`](Self::absolute).
+    fn base(&self) -> Base {
+        let s = &self.conf.settings;
+        if !s.absolute_redirect() {
+            return Base::default();
+        }
         let host = if s.server_name_in_redirect() {
             self.server.name().to_string()
         } else if !self.host.is_empty() {
@@ -908,10 +939,10 @@ impl<'p> State<'p> {
         };
         let port = self.req.local.port();
         let default = if self.req.https { 443 } else { 80 };
-        if s.port_in_redirect() && port != default && port != 0 {
-            format!("{scheme}://{host}:{port}{location}")
-        } else {
-            format!("{scheme}://{host}{location}")
+        Base {
+            scheme: Some(if self.req.https { "https" } else { "http" }),
+            host,
+            port: (s.port_in_redirect() && port != default && port != 0).then_some(port),
         }
     }
 
@@ -1237,7 +1268,9 @@ impl<'p> State<'p> {
             return self.finish(outcome);
         };
         let status = *status;
-        let pages = self.conf.settings.error_page();
+        // The location's conf changes below: the page is kept by its own handle.
+        let conf = self.conf.clone();
+        let pages = conf.settings.error_page();
         let Some(page) = pages.iter().find(|p| p.codes.contains(&status)) else {
             return self.finish(outcome);
         };
@@ -1520,9 +1553,14 @@ impl<'p> State<'p> {
                 return base;
             };
             let name_len = name.len().min(uri.len());
-            return format!("{base}{}", &uri[name_len..]);
+            let mut path = base;
+            path.push_str(&uri[name_len..]);
+            return path;
         }
-        format!("{}{uri}", base.trim_end_matches('/'))
+        let mut path = base;
+        path.truncate(path.trim_end_matches('/').len());
+        path.push_str(uri);
+        path
     }
 
     /// The request that would go upstream.
@@ -1620,7 +1658,10 @@ impl<'p> State<'p> {
                     let (from, to) = (self.eval(&from), self.eval(&to));
                     redirects.push(Redirect::Prefix { from, to });
                 }
-                ProxyRedirect::Regex { regex, to } => redirects.push(Redirect::Regex { regex, to }),
+                ProxyRedirect::Regex { regex, to } => redirects.push(Redirect::Regex {
+                    regex: regex.clone(),
+                    to: to.clone(),
+                }),
             }
         }
         let mut cookies = CookieRules::default();
@@ -1634,7 +1675,10 @@ impl<'p> State<'p> {
                         from: self.eval(&from),
                         to: self.eval(&to),
                     }),
-                    ProxyRedirect::Regex { regex, to } => out.push(Redirect::Regex { regex, to }),
+                    ProxyRedirect::Regex { regex, to } => out.push(Redirect::Regex {
+                        regex: regex.clone(),
+                        to: to.clone(),
+                    }),
                     _ => {}
                 }
             }

@@ -17,6 +17,12 @@ macro_rules! settings {
             $($(#[$doc])* pub $field: Option<$ty>,)*
         }
 
+        /// nginx's defaults, every field set: what a getter answers for a setting no level
+        /// sets, without building the default per request.
+        static DEFAULTS: std::sync::LazyLock<Settings> = std::sync::LazyLock::new(|| Settings {
+            $($field: Some($default),)*
+        });
+
         impl Settings {
             /// Fills what this level leaves unset from the enclosing level.
             pub fn inherit(&mut self, outer: &Settings) {
@@ -25,10 +31,12 @@ macro_rules! settings {
                 })*
             }
 
-            $($(#[$doc])* pub fn $field(&self) -> $ty {
+            // Getters lend what the plan holds (a number by value, text and lists by
+            // reference): serving reads settings on every request and copies nothing.
+            $($(#[$doc])* pub fn $field(&self) -> <$ty as View>::Of<'_> {
                 match &self.$field {
-                    Some(v) => v.clone(),
-                    None => $default,
+                    Some(v) => v.view(),
+                    None => DEFAULTS.$field.as_ref().map(View::view).expect("every default is set"),
                 }
             })*
 
@@ -39,6 +47,81 @@ macro_rules! settings {
         }
     };
 }
+
+/// How a setting's getter hands its value out: small `Copy` values by value, the rest by
+/// reference into the plan.
+pub trait View {
+    type Of<'a>
+    where
+        Self: 'a;
+    fn view(&self) -> Self::Of<'_>;
+}
+
+macro_rules! by_value {
+    ($($t:ty),*) => {$(
+        impl View for $t {
+            type Of<'a> = $t;
+            fn view(&self) -> $t {
+                *self
+            }
+        }
+    )*};
+}
+
+by_value!(
+    bool,
+    u64,
+    (u64, u64),
+    (u64, Option<u64>),
+    ServerTokens,
+    NextUpstream
+);
+
+impl View for String {
+    type Of<'a> = &'a str;
+    fn view(&self) -> &str {
+        self
+    }
+}
+
+impl<T> View for Vec<T> {
+    type Of<'a>
+        = &'a [T]
+    where
+        T: 'a;
+    fn view(&self) -> &[T] {
+        self
+    }
+}
+
+impl<T> View for Option<T> {
+    type Of<'a>
+        = Option<&'a T>
+    where
+        T: 'a;
+    fn view(&self) -> Option<&T> {
+        self.as_ref()
+    }
+}
+
+macro_rules! by_reference {
+    ($($t:ty),*) => {$(
+        impl View for $t {
+            type Of<'a> = &'a $t;
+            fn view(&self) -> &$t {
+                self
+            }
+        }
+    )*};
+}
+
+by_reference!(
+    Root,
+    RealIpHeader,
+    SessionCache,
+    Arc<std::collections::HashMap<String, String>>,
+    Arc<Vec<AccessRule>>
+);
 
 /// `root` or `alias`.
 #[derive(Clone, Debug, Serialize)]

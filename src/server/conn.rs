@@ -40,143 +40,218 @@ pub struct Exchange<'a> {
     pub preserved: &'a [(String, String)],
 }
 
-pub async fn serve<S>(
+/// Serves one connection to its end. Not an `async fn`: the future's captured arguments are
+/// used in place (an `async fn` would keep a second copy of them), and while the connection
+/// waits idle it holds only that small state; what one request needs is boxed, as long as
+/// that request lasts.
+pub fn serve<S>(
     mut io: S,
     peer: SocketAddr,
     local: ListenAddr,
     configured: ListenAddr,
     shared: Arc<Shared>,
     tls: Option<route::TlsInfo>,
-) where
+    tracked: super::drain::Tracked,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut served = 0u64;
-    let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    let opened = std::time::Instant::now();
-    // The keep-alive wait after a request is its location's keepalive_timeout.
-    let mut keepalive_wait: Option<u64> = None;
-    loop {
-        // Between requests: a removed listener or a shutdown ends the connection.
-        if served > 0 && shared.drain.closing(&configured) {
-            return;
-        }
-        let default_conf = {
-            let plan = shared.plan.load();
-            let socket = socket_of(&plan, &local, &configured);
-            route::find_socket(&plan, &socket)
-                .map(|s| plan.servers[s.default].conf.clone())
-                .unwrap_or_else(|| plan.http.clone())
+    async move {
+        // Counted as open until the connection ends (the future owns the count).
+        let _tracked = &tracked;
+        let mut conn = Conn {
+            buf: Vec::new(),
+            served: 0,
+            connection: CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+            opened: std::time::Instant::now(),
+            keepalive_wait: None,
         };
-        let s = &default_conf.settings;
-        let (n, size) = s.large_client_header_buffers();
-        let limits = Limits {
-            line: size as usize,
-            total: (n * size) as usize,
-        };
-        let wait = if served == 0 {
-            s.client_header_timeout()
-        } else {
-            keepalive_wait.unwrap_or(s.keepalive_timeout().0)
-        };
-        // An idle keep-alive connection is closed at once when draining starts, and one
-        // still waiting for a request worker_shutdown_timeout after a reload, as nginx's old
-        // worker closes it.
-        let waiting = buf.is_empty();
-        let idle = served > 0 && waiting;
-        let generation = super::drain::generation();
-        let wait = Duration::from_millis(wait.max(1));
-        let read = {
-            let read = tokio::time::timeout(wait, async {
-                // An idle connection holds no buffer: a plain TCP one waits for its next
-                // request to be readable before one is made (nginx frees its buffers too).
-                if buf.is_empty() {
-                    if buf.capacity() > 0 {
-                        buf = Vec::new();
-                    }
-                    if let Some(tcp) =
-                        (&mut io as &mut dyn std::any::Any).downcast_mut::<tokio::net::TcpStream>()
-                    {
-                        tcp.readable().await?;
+        loop {
+            // Between requests: a removed listener or a shutdown ends the connection.
+            if conn.served > 0 && shared.drain.closing(&configured) {
+                return;
+            }
+            let default_conf = {
+                let plan = shared.plan.load();
+                let socket = socket_of(&plan, &local, &configured);
+                route::find_socket(&plan, &socket)
+                    .map(|s| plan.servers[s.default].conf.clone())
+                    .unwrap_or_else(|| plan.http.clone())
+            };
+            let s = &default_conf.settings;
+            let wait = if conn.served == 0 {
+                s.client_header_timeout()
+            } else {
+                conn.keepalive_wait.unwrap_or(s.keepalive_timeout().0)
+            };
+            let wait = Duration::from_millis(wait.max(1));
+            let deadline = tokio::time::Instant::now() + wait;
+            // An idle keep-alive connection is closed at once when draining starts, and one
+            // still waiting for a request worker_shutdown_timeout after a reload, as nginx's
+            // old worker closes it.
+            let waiting = conn.buf.is_empty();
+            let idle = conn.served > 0 && waiting;
+            let generation = super::drain::generation();
+            // An idle connection holds no buffer: a plain TCP one waits here, in this small
+            // state, for its next request to be readable (nginx frees its buffers too).
+            if waiting {
+                conn.buf = Vec::new();
+                if let Some(tcp) =
+                    (&mut io as &mut dyn std::any::Any).downcast_mut::<tokio::net::TcpStream>()
+                {
+                    let ready = tokio::select! {
+                        biased;
+                        r = tokio::time::timeout_at(deadline, tcp.readable()) => matches!(r, Ok(Ok(()))),
+                        _ = shared.drain.until_closing(&configured), if idle => false,
+                        _ = super::drain::retired(generation) => false,
+                    };
+                    if !ready {
+                        return;
                     }
                 }
-                http1::read_head(&mut io, &mut buf, limits).await
-            });
-            // Biased: a request already in the socket is read, not cut off.
-            tokio::select! {
-                biased;
-                r = read => Some(r),
-                _ = shared.drain.until_closing(&configured), if idle => None,
-                _ = super::drain::retired(generation), if waiting => None,
             }
-        };
-        let read = match read {
-            Some(r) => r,
-            None if buf.is_empty() => return,
-            // Part of a request had come: it is read to its end and answered.
-            None => tokio::time::timeout(wait, http1::read_head(&mut io, &mut buf, limits)).await,
-        };
-        let (head, len) = match read {
-            Err(_) | Ok(Err(_)) | Ok(Ok(Ok(None))) => return,
-            Ok(Ok(Err(Refused(status)))) => {
-                let _ = error_response(&mut io, status, &default_conf, false).await;
-                linger(&mut io).await;
+            let next = Box::pin(next_request(
+                &mut io,
+                &mut conn,
+                Wait {
+                    deadline,
+                    idle,
+                    waiting,
+                    generation,
+                },
+                default_conf,
+                (peer, &local, &configured),
+                &shared,
+                &tls,
+            ));
+            if !next.await {
                 return;
             }
-            Ok(Ok(Ok(Some(h)))) => h,
-        };
-        buf.drain(..len);
-        served += 1;
-        // The request's plan: the one current when its head arrived, kept to its end.
-        // On a listener a reload removed, the last plan that had it.
-        let plan = shared
-            .drain
-            .plan_of_removed(&configured)
-            .unwrap_or_else(|| shared.plan.load_full());
-        let socket = socket_of(&plan, &local, &configured);
-        // nginx refuses TRACE, and CONNECT (405, or 400 without a port).
-        let refused = match head.method.as_str() {
-            "TRACE" => Some(405),
-            "CONNECT" if !head.target.contains(':') || head.target.starts_with('/') => Some(400),
-            "CONNECT" => Some(405),
-            _ => None,
-        };
-        if let Some(status) = refused {
-            let _ = error_response(&mut io, status, &default_conf, false).await;
-            linger(&mut io).await;
-            return;
         }
-        let framing = match http1::check_head(&head) {
-            Ok(f) => f,
-            Err(Refused(status)) => {
-                let _ = error_response(&mut io, status, &default_conf, false).await;
-                linger(&mut io).await;
-                return;
+    }
+}
+
+/// What a connection keeps from one request to the next.
+struct Conn {
+    buf: Vec<u8>,
+    served: u64,
+    connection: u64,
+    opened: std::time::Instant,
+    /// The keep-alive wait after a request is its location's keepalive_timeout.
+    keepalive_wait: Option<u64>,
+}
+
+/// How long the next request's head may take, and what ends the wait for it.
+struct Wait {
+    deadline: tokio::time::Instant,
+    idle: bool,
+    waiting: bool,
+    generation: u64,
+}
+
+/// Reads and serves the connection's next request: `false` when the connection ends.
+async fn next_request<S>(
+    io: &mut S,
+    conn: &mut Conn,
+    w: Wait,
+    default_conf: Arc<LocConf>,
+    (peer, local, configured): (SocketAddr, &ListenAddr, &ListenAddr),
+    shared: &Arc<Shared>,
+    tls: &Option<route::TlsInfo>,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let s = &default_conf.settings;
+    let (n, size) = s.large_client_header_buffers();
+    let limits = Limits {
+        line: size as usize,
+        total: (n * size) as usize,
+    };
+    let buf = &mut conn.buf;
+    let read = {
+        let read = tokio::time::timeout_at(w.deadline, async {
+            if buf.is_empty()
+                && let Some(tcp) =
+                    (&mut *io as &mut dyn std::any::Any).downcast_mut::<tokio::net::TcpStream>()
+            {
+                tcp.readable().await?;
             }
-        };
-        // Boxed: what a request needs lives only while it is served, not in every idle
-        // connection.
-        let fut = Box::pin(handle(
-            &mut io,
-            &mut buf,
-            &plan,
-            &head,
-            framing,
-            peer,
-            &local,
-            &socket,
-            &shared,
-            (connection, served, tls.clone(), opened),
-            &mut keepalive_wait,
-        ));
-        let keepalive = match fut.await {
-            Ok(k) => k,
-            Err(_) => return,
-        };
-        if !keepalive {
+            http1::read_head(io, buf, limits).await
+        });
+        // Biased: a request already in the socket is read, not cut off.
+        tokio::select! {
+            biased;
+            r = read => Some(r),
+            _ = shared.drain.until_closing(configured), if w.idle => None,
+            _ = super::drain::retired(w.generation), if w.waiting => None,
+        }
+    };
+    let read = match read {
+        Some(r) => r,
+        None if buf.is_empty() => return false,
+        // Part of a request had come: it is read to its end and answered.
+        None => tokio::time::timeout_at(w.deadline, http1::read_head(io, buf, limits)).await,
+    };
+    let (head, len) = match read {
+        Err(_) | Ok(Err(_)) | Ok(Ok(Ok(None))) => return false,
+        Ok(Ok(Err(Refused(status)))) => {
+            let _ = error_response(io, status, &default_conf, false).await;
+            linger(io).await;
+            return false;
+        }
+        Ok(Ok(Ok(Some(h)))) => h,
+    };
+    buf.drain(..len);
+    conn.served += 1;
+    // The request's plan: the one current when its head arrived, kept to its end.
+    // On a listener a reload removed, the last plan that had it.
+    let plan = shared
+        .drain
+        .plan_of_removed(configured)
+        .unwrap_or_else(|| shared.plan.load_full());
+    let socket = socket_of(&plan, local, configured);
+    // nginx refuses TRACE, and CONNECT (405, or 400 without a port).
+    let refused = match head.method.as_str() {
+        "TRACE" => Some(405),
+        "CONNECT" if !head.target.contains(':') || head.target.starts_with('/') => Some(400),
+        "CONNECT" => Some(405),
+        _ => None,
+    };
+    if let Some(status) = refused {
+        let _ = error_response(io, status, &default_conf, false).await;
+        linger(io).await;
+        return false;
+    }
+    let framing = match http1::check_head(&head) {
+        Ok(f) => f,
+        Err(Refused(status)) => {
+            let _ = error_response(io, status, &default_conf, false).await;
+            linger(io).await;
+            return false;
+        }
+    };
+    let keepalive = handle(
+        io,
+        buf,
+        &plan,
+        &head,
+        framing,
+        peer,
+        local,
+        &socket,
+        shared,
+        (conn.connection, conn.served, tls.clone(), conn.opened),
+        &mut conn.keepalive_wait,
+    )
+    .await;
+    match keepalive {
+        Ok(true) => true,
+        Ok(false) => {
             let _ = io.shutdown().await;
-            return;
+            false
         }
+        Err(_) => false,
     }
 }
 
@@ -400,13 +475,13 @@ where
                 pages::default_page(*status, s.server_tokens()).as_deref() == Some(b)
             });
             let content_type = if builtin {
-                "text/html".to_string()
+                "text/html"
             } else if body.is_none()
                 && *status >= 400
                 && pages::default_page(*status, s.server_tokens()).is_none()
             {
                 // A status nginx has no page for goes out empty, with no type.
-                String::new()
+                ""
             } else {
                 content_type_for(&decision.uri, s)
             };
@@ -495,15 +570,18 @@ pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
 
 /// The MIME type nginx gives an answer for `uri`: by its extension through `types`, else
 /// `default_type`.
-pub fn content_type_for(uri: &str, s: &crate::plan::Settings) -> String {
+pub fn content_type_for<'a>(uri: &str, s: &'a crate::plan::Settings) -> &'a str {
     let name = uri.rsplit('/').next().unwrap_or("");
     match name.rsplit_once('.') {
         Some((_, ext)) if !ext.is_empty() => {
             let types = s.types();
-            types
-                .get(&ext.to_ascii_lowercase())
-                .cloned()
-                .unwrap_or_else(|| s.default_type())
+            // Extensions are mostly lower case already: no copy for those.
+            let found = if ext.bytes().any(|b| b.is_ascii_uppercase()) {
+                types.get(&ext.to_ascii_lowercase())
+            } else {
+                types.get(ext)
+            };
+            found.map_or_else(|| s.default_type(), String::as_str)
         }
         _ => s.default_type(),
     }

@@ -170,7 +170,9 @@ pub async fn retired(generation: u64) {
         if now > generation
             && let Some(t) = timeout
         {
-            return tokio::time::sleep(t).await;
+            // Boxed: every idle connection waits on this future, the timer only after a
+            // reload.
+            return Box::pin(tokio::time::sleep(t)).await;
         }
         if rx.changed().await.is_err() {
             return std::future::pending().await;

@@ -108,7 +108,7 @@ where
 
     let size = meta.len();
     let mtime = meta.mtime();
-    let etag = s.etag().then(|| format!("\"{mtime:x}-{size:x}\""));
+    let etag = s.etag().then(|| etag_of(mtime, size));
     let last_modified = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime.max(0) as u64);
     let validators = Validators {
         etag: etag.as_deref(),
@@ -193,7 +193,7 @@ where
     if matches!(status, 200 | 206 | 304) {
         headers.push((
             "Last-Modified".to_string(),
-            httpdate::fmt_http_date(last_modified),
+            http_date_of(mtime, last_modified),
         ));
     }
     headers.push(conn::connection_header(ex));
@@ -289,6 +289,47 @@ where
     Ok(ex.keepalive)
 }
 
+/// nginx's ETag of a file: `"mtime-size"` in lower-case hex.
+fn etag_of(mtime: i64, size: u64) -> String {
+    fn hex(out: &mut String, mut v: u64) {
+        let mut digits = [0u8; 16];
+        let mut n = 0;
+        loop {
+            digits[n] = b"0123456789abcdef"[(v & 15) as usize];
+            n += 1;
+            v >>= 4;
+            if v == 0 {
+                break;
+            }
+        }
+        out.extend(digits[..n].iter().rev().map(|&d| d as char));
+    }
+    let mut out = String::with_capacity(24);
+    out.push('"');
+    // A time before 1970 is written as nginx writes it, in two's complement.
+    hex(&mut out, mtime as u64);
+    out.push('-');
+    hex(&mut out, size);
+    out.push('"');
+    out
+}
+
+/// `Last-Modified` of a file, remembered for the last time asked: a site's files are
+/// asked for again and again, and formatting a date costs more than the rest of the head.
+fn http_date_of(mtime: i64, time: SystemTime) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != mtime || last.1.is_empty() {
+            *last = (mtime, httpdate::fmt_http_date(time));
+        }
+        last.1.clone()
+    })
+}
+
 /// `autoindex`: the listing of the directory `path`, sent as nginx sends it (no length:
 /// chunked to HTTP/1.1 clients, the connection closed after it for HTTP/1.0 ones).
 #[allow(clippy::too_many_arguments)]
@@ -319,7 +360,7 @@ where
         gmtoff_minutes: gmtoff_minutes(),
     };
     let charset = s.charset();
-    let charset = (charset != "off").then_some(charset.as_str());
+    let charset = (charset != "off").then_some(charset);
     let listing =
         match super::autoindex::render_with_charset(std::path::Path::new(path), &opts, charset) {
             Ok(l) => l,
@@ -632,7 +673,7 @@ enum Plan206 {
 
 /// ngx_http_range_header_filter for a file of `size` bytes.
 fn ranges(ex: &Exchange<'_>, s: &Settings, v: &Validators<'_>, size: u64) -> Ranges {
-    let max = s.max_ranges();
+    let max = s.max_ranges().copied();
     if max == Some(0) {
         return Ranges::Whole { accept: false };
     }
@@ -1013,6 +1054,19 @@ fn next_time(now: i64, of_day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etag_is_mtime_and_size_in_hex() {
+        for (mtime, size) in [
+            (0i64, 0u64),
+            (1, 1024),
+            (0x5f5e_1000, 1 << 40),
+            (-1, 15),
+            (i64::MAX, u64::MAX),
+        ] {
+            assert_eq!(etag_of(mtime, size), format!("\"{mtime:x}-{size:x}\""));
+        }
+    }
 
     #[test]
     fn ranges_parse_as_nginx() {

@@ -28,7 +28,11 @@ impl Head {
     }
 
     pub fn version_text(&self) -> String {
-        format!("HTTP/{}.{}", self.version.0, self.version.1)
+        match self.version {
+            (1, 1) => "HTTP/1.1".to_string(),
+            (1, 0) => "HTTP/1.0".to_string(),
+            (major, minor) => format!("HTTP/{major}.{minor}"),
+        }
     }
 
     /// Whether the client asks to keep the connection open.
@@ -110,12 +114,14 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refus
         Some(i) if i > limits.line => return Err(Refused(414)),
         _ => {}
     }
-    let mut storage = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut storage);
+    // Uninitialised slots: httparse writes only those it fills (128 zeroed headers would
+    // be 4 KiB to clear on every read of a head).
+    let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+    let mut req = httparse::Request::new(&mut []);
     let mut config = httparse::ParserConfig::default();
     config.ignore_invalid_headers_in_requests(true);
     config.allow_multiple_spaces_in_request_line_delimiters(true);
-    let status = config.parse_request(&mut req, buf);
+    let status = config.parse_request_with_uninit_headers(&mut req, buf, &mut storage);
     match status {
         Ok(httparse::Status::Partial) => {
             if buf.len() > limits.total {
@@ -407,7 +413,13 @@ impl ResponseHead {
         let mut out = Vec::with_capacity(size + reason.len() + 20);
         out.extend_from_slice(version.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(self.status.to_string().as_bytes());
+        // A status has three digits (a 1xx-5xx, or nginx's 444 and 499).
+        let status = self.status.min(999);
+        out.extend_from_slice(&[
+            b'0' + (status / 100) as u8,
+            b'0' + (status / 10 % 10) as u8,
+            b'0' + (status % 10) as u8,
+        ]);
         out.push(b' ');
         out.extend_from_slice(reason.as_bytes());
         out.extend_from_slice(b"\r\n");

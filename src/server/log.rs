@@ -203,7 +203,7 @@ pub struct Entry<'a> {
 /// Writes the request's access log lines.
 pub fn write(e: &Entry<'_>) {
     let logs = e.decision.conf.settings.access_log();
-    for log in &logs {
+    for log in logs {
         let Some(format) = e.plan.log_formats.get(&log.format) else {
             continue;
         };

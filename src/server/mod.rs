@@ -446,32 +446,28 @@ async fn accept_loop(
                         let tracked = drain::track(&shared);
                         match shared.tls.load().get(&addr) {
                             Some(config) => {
-                                let serve = tls_connection(
+                                tokio::spawn(tls_connection(
                                     config,
                                     stream,
                                     peer,
                                     local,
                                     addr.clone(),
                                     shared.clone(),
-                                );
-                                tokio::spawn(async move {
-                                    serve.await;
-                                    drop(tracked);
-                                });
+                                    tracked,
+                                ));
                             }
                             None => {
-                                let serve = conn::serve(
+                                // Spawned as it is: a wrapping future would hold a second
+                                // copy of it for every idle connection.
+                                tokio::spawn(conn::serve(
                                     stream,
                                     peer,
                                     local,
                                     addr.clone(),
                                     shared.clone(),
                                     None,
-                                );
-                                tokio::spawn(async move {
-                                    serve.await;
-                                    drop(tracked);
-                                });
+                                    tracked,
+                                ));
                             }
                         }
                     }
@@ -491,18 +487,15 @@ async fn accept_loop(
                     Ok((stream, _)) => {
                         let peer = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
                         let tracked = drain::track(&shared);
-                        let serve = conn::serve(
+                        tokio::spawn(conn::serve(
                             stream,
                             peer,
                             addr.clone(),
                             addr.clone(),
                             shared.clone(),
                             None,
-                        );
-                        tokio::spawn(async move {
-                            serve.await;
-                            drop(tracked);
-                        });
+                            tracked,
+                        ));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept() failed");
@@ -523,6 +516,7 @@ async fn tls_connection(
     local: ListenAddr,
     configured: ListenAddr,
     shared: Arc<Shared>,
+    tracked: drain::Tracked,
 ) {
     let wait = {
         let plan = shared.plan.load();
@@ -558,7 +552,7 @@ async fn tls_connection(
     match tokio::time::timeout(wait, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let info = tls::info(tls.get_ref().1);
-            conn::serve(tls, peer, local, configured, shared, Some(info)).await
+            conn::serve(tls, peer, local, configured, shared, Some(info), tracked).await
         }
         Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "SSL handshake failed"),
         Err(_) => tracing::info!(client = %peer, "SSL handshake timed out"),

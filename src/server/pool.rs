@@ -47,7 +47,13 @@ impl Pool {
         let Ok(mut groups) = self.groups.lock() else {
             return;
         };
-        let idle = groups.entry(group.to_string()).or_default();
+        // The group's name is copied only the first time it keeps a connection.
+        if !groups.contains_key(group) {
+            groups.insert(group.to_string(), Default::default());
+        }
+        let Some(idle) = groups.get_mut(group) else {
+            return;
+        };
         idle.push_back((
             peer.to_string(),
             Idle {

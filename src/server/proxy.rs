@@ -182,10 +182,13 @@ where
         if let Some(prev) = states.last_mut() {
             prev.response.get_or_insert(prev.started.elapsed());
         }
-        states.push(state(peer.addr.to_string()));
+        // Written once per attempt: `$upstream_addr` and the keep-alive pool's key.
+        let addr = peer.addr.to_string();
+        states.push(state(addr.clone()));
         let mut connected = None;
         let target = Target {
             group: upstream,
+            addr: &addr,
             peer: &peer,
             keepalive: keepalive.as_ref(),
             https: pass.https,
@@ -407,6 +410,8 @@ fn request_head(
 /// Where an attempt goes.
 struct Target<'a> {
     group: &'a str,
+    /// The peer's address as text.
+    addr: &'a str,
     peer: &'a Peer,
     keepalive: Option<&'a Keepalive>,
     /// `proxy_pass https://...`.
@@ -490,10 +495,10 @@ async fn attempt<S>(
 where
     S: AsyncRead + Unpin,
 {
-    let key = target.peer.addr.to_string();
+    let key = target.addr;
     let mut pooled = target
         .keepalive
-        .and_then(|k| shared.pool.take(target.group, &key, ms(k.timeout)));
+        .and_then(|k| shared.pool.take(target.group, key, ms(k.timeout)));
     loop {
         let reused = pooled.is_some();
         let conn = match pooled.take() {
@@ -529,7 +534,7 @@ where
             Ok(mut r) => {
                 r.pool = target
                     .keepalive
-                    .map(|k| (target.group.to_string(), key.clone(), k.clone()));
+                    .map(|k| (target.group.to_string(), key.to_string(), k.clone()));
                 return Ok(r);
             }
         }
@@ -1246,7 +1251,11 @@ fn note_upstream(ex: &Exchange<'_>, states: &[UpstreamState]) {
 
 /// `proxy_redirect` on `Location` and `Refresh`; a rewritten relative `Location` is made
 /// absolute, as nginx's header filter does.
-fn rewrite_redirects(r: &mut Response, rules: &[crate::plan::route::Redirect], base: &str) {
+fn rewrite_redirects(
+    r: &mut Response,
+    rules: &[crate::plan::route::Redirect],
+    base: &crate::plan::route::Base,
+) {
     use crate::plan::route::Redirect;
     for (name, value) in r.headers.iter_mut() {
         if name.eq_ignore_ascii_case("location") {

@@ -59,7 +59,12 @@ pub fn build(plan: &Arc<Plan>) -> Result<TlsSet, Vec<String>> {
         for &i in &socket.servers {
             let s = &plan.servers[i].conf.settings;
             let mut keys = Vec::new();
-            for pair in s.ssl_certificate().into_iter().zip(s.ssl_certificate_key()) {
+            for pair in s
+                .ssl_certificate()
+                .iter()
+                .cloned()
+                .zip(s.ssl_certificate_key().iter().cloned())
+            {
                 if let Some(k) = loaded.get(&pair) {
                     keys.push(k.clone());
                     continue;
@@ -238,7 +243,7 @@ fn server_config(
     config.ignore_client_order = s.ssl_prefer_server_ciphers();
     config.session_storage = match s.ssl_session_cache() {
         SessionCache::Off | SessionCache::None => Arc::new(NoServerSessionStorage {}),
-        SessionCache::Sessions(n) => ServerSessionMemoryCache::new(n.max(1)),
+        SessionCache::Sessions(n) => ServerSessionMemoryCache::new((*n).max(1)),
     };
     if s.ssl_session_tickets() {
         config.ticketer = rustls::crypto::ring::Ticketer::new()
