@@ -53,6 +53,26 @@ pub fn reason(status: u16) -> &'static str {
 /// The page nginx sends for `status` when nothing else gives a body, or `None` for statuses
 /// that have none (1xx, 2xx, 304, and unknown ones).
 pub fn default_page(status: u16, tokens: ServerTokens) -> Option<String> {
+    // Written once per status and `server_tokens` form: error answers are frequent (a 404
+    // for every missing file), and formatting the page cost more than the rest of them.
+    static PAGES: std::sync::LazyLock<Vec<Option<String>>> = std::sync::LazyLock::new(|| {
+        (0..1000u16)
+            .flat_map(|s| {
+                [
+                    write_page(s, ServerTokens::On),
+                    write_page(s, ServerTokens::Off),
+                ]
+            })
+            .collect()
+    });
+    if status >= 1000 {
+        return None;
+    }
+    let off = usize::from(tokens == ServerTokens::Off);
+    PAGES[usize::from(status) * 2 + off].clone()
+}
+
+fn write_page(status: u16, tokens: ServerTokens) -> Option<String> {
     let has_page = matches!(status, 301 | 302 | 303 | 307 | 308) || (400..600).contains(&status);
     let reason = reason(status);
     if !has_page || reason.is_empty() {
