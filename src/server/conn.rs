@@ -50,7 +50,8 @@ pub fn serve<S>(
     local: ListenAddr,
     configured: ListenAddr,
     shared: Arc<Shared>,
-    tls: Option<route::TlsInfo>,
+    // Boxed: it is kept for the connection's life, and only TLS ones have it.
+    tls: Option<Box<route::TlsInfo>>,
     tracked: super::drain::Tracked,
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
@@ -99,11 +100,32 @@ where
                 if let Some(tcp) =
                     (&mut io as &mut dyn std::any::Any).downcast_mut::<tokio::net::TcpStream>()
                 {
-                    let ready = tokio::select! {
-                        biased;
-                        r = tokio::time::timeout_at(deadline, tcp.readable()) => matches!(r, Ok(Ok(()))),
-                        _ = shared.drain.until_closing(&configured), if idle => false,
-                        _ = super::drain::retired(generation) => false,
+                    // Closed when draining starts (once idle), or worker_shutdown_timeout
+                    // after a reload replaced its plan: both wake it through one Notify.
+                    let mut retire_at = None;
+                    let ready = loop {
+                        let woken = super::drain::woken();
+                        tokio::pin!(woken);
+                        woken.as_mut().enable();
+                        if idle && shared.drain.closing(&configured) {
+                            break false;
+                        }
+                        if retire_at.is_none() {
+                            retire_at = super::drain::retired_since(generation)
+                                .map(|t| tokio::time::Instant::now() + t);
+                        }
+                        let until =
+                            retire_at.map_or(deadline, |r: tokio::time::Instant| r.min(deadline));
+                        tokio::select! {
+                            biased;
+                            // poll_read_ready keeps the waker in the socket's registration:
+                            // the future is a pointer, where readable() holds a waiter node.
+                            r = tokio::time::timeout_at(
+                                until,
+                                std::future::poll_fn(|cx| tcp.poll_read_ready(cx)),
+                            ) => break matches!(r, Ok(Ok(()))),
+                            _ = &mut woken => continue,
+                        }
                     };
                     if !ready {
                         return;
@@ -157,7 +179,7 @@ async fn next_request<S>(
     default_conf: Arc<LocConf>,
     (peer, local, configured): (SocketAddr, &ListenAddr, &ListenAddr),
     shared: &Arc<Shared>,
-    tls: &Option<route::TlsInfo>,
+    tls: &Option<Box<route::TlsInfo>>,
 ) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -241,7 +263,12 @@ where
         local,
         &socket,
         shared,
-        (conn.connection, conn.served, tls.clone(), conn.opened),
+        (
+            conn.connection,
+            conn.served,
+            tls.as_deref().cloned(),
+            conn.opened,
+        ),
         &mut conn.keepalive_wait,
     )
     .await;

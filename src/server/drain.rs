@@ -111,6 +111,7 @@ impl Drain {
         }
         if !addrs.is_empty() {
             self.changed.send_modify(|n| *n += 1);
+            wake().notify_waiters();
         }
     }
 
@@ -127,6 +128,7 @@ impl Drain {
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
         self.changed.send_modify(|n| *n += 1);
+        wake().notify_waiters();
     }
 
     /// Resolves when no connection is open.
@@ -154,6 +156,27 @@ pub fn retire_plan(timeout: Option<Duration>) {
         *generation += 1;
         *t = timeout;
     });
+    wake().notify_waiters();
+}
+
+/// Wakes every idle connection to look again: a listener closing, a shutdown, a plan
+/// retired. One small `Notified` per idle connection, where two watch receivers and their
+/// futures would be three times its size.
+fn wake() -> &'static tokio::sync::Notify {
+    static WAKE: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    WAKE.get_or_init(tokio::sync::Notify::new)
+}
+
+/// Resolves at the next [`wake`]-up. Enable it before looking at what it wakes for, so that
+/// a change in between is not missed.
+pub fn woken() -> tokio::sync::futures::Notified<'static> {
+    wake().notified()
+}
+
+/// `worker_shutdown_timeout`, when the plan of `generation` has been replaced and it is set.
+pub fn retired_since(generation: u64) -> Option<Duration> {
+    let (now, timeout) = *retirements().borrow();
+    if now > generation { timeout } else { None }
 }
 
 /// The plan generation now: a tunnel notes it when it opens.

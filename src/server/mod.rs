@@ -552,7 +552,16 @@ async fn tls_connection(
     match tokio::time::timeout(wait, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let info = tls::info(tls.get_ref().1);
-            conn::serve(tls, peer, local, configured, shared, Some(info), tracked).await
+            conn::serve(
+                tls,
+                peer,
+                local,
+                configured,
+                shared,
+                Some(Box::new(info)),
+                tracked,
+            )
+            .await
         }
         Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "SSL handshake failed"),
         Err(_) => tracing::info!(client = %peer, "SSL handshake timed out"),

@@ -816,6 +816,50 @@ fn worker_shutdown_timeout_bounds_a_graceful_shutdown() {
 }
 
 #[test]
+fn an_idle_connection_on_a_replaced_plan_closes_after_worker_shutdown_timeout() {
+    let dir = support::scratch("reload-idle-retired");
+    let port = free_port();
+    let conf = dir.join("nginx.conf");
+    let text = |body: &str| {
+        format!(
+            "worker_shutdown_timeout 400ms;\n{}",
+            main_conf(
+                &dir,
+                &format!(
+                    "server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"{body}\"; }} }}"
+                ),
+            )
+        )
+    };
+    std::fs::write(&conf, text("one")).unwrap();
+    let mut server = Server::start(&dir, &conf, &[]);
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut idle = BufReader::new(s);
+    idle.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut idle).unwrap().1, "one");
+    std::fs::write(&conf, text("two")).unwrap();
+    let before = server.status().map_or(0, |s| s.0);
+    let reload_at = Instant::now();
+    server.signal("HUP");
+    let (_, ok, _) = server.next_status(before);
+    assert!(ok, "{}", server.log());
+    // Still open for a while after the reload, closed once the timeout has run.
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).unwrap_or(0), 0);
+    let took = reload_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    // The server goes on, on the new plan.
+    assert_eq!(get(port, "/").unwrap(), (200, "two".to_string()));
+    server.signal("TERM");
+}
+
+#[test]
 fn usr1_reopens_the_logs() {
     let dir = support::scratch("reload-reopen");
     let port = free_port();
