@@ -21,8 +21,6 @@ pub struct Drain {
     removed: Mutex<HashMap<ListenAddr, Option<Arc<Plan>>>>,
     /// Whether `removed` has any: the common case asks no lock.
     any_removed: AtomicBool,
-    /// Bumped whenever something starts closing, so idle connections wake and look.
-    changed: watch::Sender<u64>,
     open: AtomicUsize,
     /// Bumped when a connection ends.
     ended: watch::Sender<u64>,
@@ -34,7 +32,6 @@ impl Default for Drain {
             shutting_down: AtomicBool::new(false),
             removed: Mutex::new(HashMap::new()),
             any_removed: AtomicBool::new(false),
-            changed: watch::channel(0).0,
             open: AtomicUsize::new(0),
             ended: watch::channel(0).0,
         }
@@ -73,18 +70,6 @@ impl Drain {
 
     /// Resolves once connections of `configured` are closing; an idle connection waits on
     /// this next to its read of the next request.
-    pub async fn until_closing(&self, configured: &ListenAddr) {
-        let mut rx = self.changed.subscribe();
-        loop {
-            if self.closing(configured) {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
-    }
-
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
@@ -110,7 +95,6 @@ impl Drain {
             self.any_removed.store(!r.is_empty(), Ordering::Release);
         }
         if !addrs.is_empty() {
-            self.changed.send_modify(|n| *n += 1);
             wake().notify_waiters();
         }
     }
@@ -127,7 +111,6 @@ impl Drain {
 
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        self.changed.send_modify(|n| *n += 1);
         wake().notify_waiters();
     }
 
@@ -159,8 +142,8 @@ pub fn retire_plan(timeout: Option<Duration>) {
     wake().notify_waiters();
 }
 
-/// Wakes every idle connection to look again: a listener closing, a shutdown, a plan
-/// retired. One small `Notified` per idle connection, where two watch receivers and their
+/// Wakes every connection waiting for a request to look again: a listener closing, a
+/// shutdown, a plan retired. One small `Notified` per idle connection, where two watch receivers and their
 /// futures would be three times its size.
 fn wake() -> &'static tokio::sync::Notify {
     static WAKE: OnceLock<tokio::sync::Notify> = OnceLock::new();
@@ -171,6 +154,50 @@ fn wake() -> &'static tokio::sync::Notify {
 /// a change in between is not missed.
 pub fn woken() -> tokio::sync::futures::Notified<'static> {
     wake().notified()
+}
+
+/// Resolves when a connection waiting for its next request must close instead: draining
+/// started (checked only once it is `idle`, between requests), or worker_shutdown_timeout has
+/// run since a reload replaced the plan of `generation`. One small `Notified` wakes it; the
+/// timer is made (boxed) only after such a reload.
+///
+/// Not an `async fn` (it would keep its arguments twice), and no `select!`: every idle
+/// connection holds this future.
+pub fn closed_while_waiting<'a>(
+    drain: &'a Drain,
+    configured: &'a ListenAddr,
+    idle: bool,
+    generation: u64,
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    use std::future::Future;
+    use std::task::Poll;
+    async move {
+        let mut retire: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let woken = woken();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if idle && drain.closing(configured) {
+                return;
+            }
+            if retire.is_none() {
+                retire = retired_since(generation).map(|t| Box::pin(tokio::time::sleep(t)));
+            }
+            // Ready(true): the timeout ran; Ready(false): woken, look again.
+            let timed_out = std::future::poll_fn(|cx| {
+                if let Some(sleep) = retire.as_mut()
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(true);
+                }
+                woken.as_mut().poll(cx).map(|()| false)
+            })
+            .await;
+            if timed_out {
+                return;
+            }
+        }
+    }
 }
 
 /// `worker_shutdown_timeout`, when the plan of `generation` has been replaced and it is set.
