@@ -67,19 +67,32 @@ impl FileCheck for NoFiles {
     }
 }
 
-fn request(host: &str, target: &str) -> Request {
-    Request {
-        method: "GET".into(),
-        target: target.into(),
-        version: "HTTP/1.1".into(),
+/// What a request borrows: its header lines and the socket's address.
+struct Owned {
+    headers: Vec<(String, String)>,
+    addr: ListenAddr,
+}
+
+fn owned(host: &str) -> Owned {
+    Owned {
         headers: vec![
             ("Host".into(), host.into()),
             ("User-Agent".into(), "bench".into()),
             ("Accept".into(), "*/*".into()),
         ],
+        addr: ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
+    }
+}
+
+fn request<'a>(owned: &'a Owned, target: &'a str) -> Request<'a> {
+    Request {
+        method: "GET",
+        target,
+        version: "HTTP/1.1",
+        headers: &owned.headers,
         remote: "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
-        local: ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
-        socket: ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
+        local: &owned.addr,
+        socket: &owned.addr,
         https: false,
         body_len: None,
         connection: 1,
@@ -107,13 +120,18 @@ fn benches(c: &mut Criterion) {
     for n in [10, 100, 1_000, 10_000] {
         let file = write(&dir, n);
         let plan = compile(&dir, &file);
-        let deep = request("big.example.com", &format!("/section{}/page?x=1", n - 1));
+        let (big, target) = (
+            owned("big.example.com"),
+            format!("/section{}/page?x=1", n - 1),
+        );
+        let deep = request(&big, &target);
         let decision = route::route(&plan, &deep, &NoFiles);
         assert!(matches!(decision.outcome, route::Outcome::Proxy { .. }));
         g.bench_with_input(BenchmarkId::new("prefix+proxy", n), &deep, |b, r| {
             b.iter(|| route::route(&plan, r, &NoFiles))
         });
-        let named = request("name500.example.com", "/");
+        let name500 = owned("name500.example.com");
+        let named = request(&name500, "/");
         g.bench_with_input(BenchmarkId::new("server-name+return", n), &named, |b, r| {
             b.iter(|| route::route(&plan, r, &NoFiles))
         });

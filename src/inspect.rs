@@ -122,13 +122,13 @@ pub fn route(args: &RouteArgs) -> ExitCode {
             .and_then(|(_, v)| v.parse().ok())
     });
     let request = Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        version: "HTTP/1.1".to_string(),
-        headers,
+        method,
+        target,
+        version: "HTTP/1.1",
+        headers: &headers,
         remote: args.from,
-        socket: local.clone(),
-        local,
+        socket: &local,
+        local: &local,
         https: args.https,
         body_len,
         connection: 1,

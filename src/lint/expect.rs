@@ -235,13 +235,13 @@ fn describe(plan: &Plan, e: &Expectation, files: &dyn FileCheck) -> Got {
         headers.insert(0, ("Host".to_string(), authority.to_string()));
     }
     let request = Request {
-        method: e.method.clone(),
-        target: e.url.clone(),
-        version: "HTTP/1.1".to_string(),
-        headers,
+        method: &e.method,
+        target: &e.url,
+        version: "HTTP/1.1",
+        headers: &headers,
         remote: SocketAddr::from(([127, 0, 0, 1], 50000)),
-        socket: socket.addr.clone(),
-        local,
+        socket: &socket.addr,
+        local: &local,
         https,
         body_len: None,
         chunked: false,

@@ -664,7 +664,7 @@ impl<'a> Lowerer<'a> {
             if d.name() == "types" {
                 if let Some(b) = &d.block {
                     let entries = self.expand(*file, &b.directives);
-                    let mut map = std::collections::HashMap::new();
+                    let mut map = super::LookupMap::default();
                     for (_, e) in entries {
                         for ext in &e.args {
                             map.insert(ext.value.to_ascii_lowercase(), e.name().to_string());

@@ -29,6 +29,12 @@ pub use regex::Regex;
 pub use settings::Settings;
 pub use template::Template;
 
+/// A map the plan builds from the configuration and requests only look up (`types`, server
+/// names). Hashed with Fx, several times cheaper per lookup than SipHash: SipHash's defence
+/// is against keys that an attacker inserts to collide, and nothing a client sends is ever
+/// inserted into one of these.
+pub type LookupMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
 use crate::config::span::Span;
 
 /// Where something was written: for messages and for `portico route`.

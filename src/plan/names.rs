@@ -3,7 +3,7 @@
 //! trailing wildcard (`mail.*`), then the regexes in the order the configuration gives them;
 //! otherwise the socket's default server.
 
-use std::collections::HashMap;
+use super::LookupMap;
 
 use super::regex::{Captures, Regex};
 
@@ -68,10 +68,10 @@ impl ServerName {
 /// The names of every server on one socket, ready for lookup. Values are server indices.
 #[derive(Clone, Debug, Default)]
 pub struct NameTable {
-    exact: HashMap<String, usize>,
+    exact: LookupMap<String, usize>,
     /// Leading wildcards by suffix: (server, whether the bare suffix matches too).
-    head: HashMap<String, (usize, bool)>,
-    tail: HashMap<String, usize>,
+    head: LookupMap<String, (usize, bool)>,
+    tail: LookupMap<String, usize>,
     regex: Vec<(Regex, usize)>,
     /// Longest suffix length in labels, to bound the walk.
     has_wildcards: bool,
@@ -160,7 +160,7 @@ impl NameTable {
     }
 }
 
-fn insert_first<V>(map: &mut HashMap<String, V>, key: String, value: V) -> bool {
+fn insert_first<V>(map: &mut LookupMap<String, V>, key: String, value: V) -> bool {
     if map.contains_key(&key) {
         return false;
     }

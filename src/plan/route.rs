@@ -20,21 +20,23 @@ use super::uri::{self, Escape};
 use super::*;
 
 /// A request as the router needs it.
-#[derive(Clone, Debug)]
-pub struct Request {
-    pub method: String,
+/// It borrows what the connection already holds (the parsed head, the addresses): routing
+/// copies nothing it does not change.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
     /// The target as the client sent it (origin-form or absolute-form).
-    pub target: String,
+    pub target: &'a str,
     /// `HTTP/1.1`, `HTTP/1.0`.
-    pub version: String,
+    pub version: &'a str,
     /// Header lines in the order received.
-    pub headers: Vec<(String, String)>,
+    pub headers: &'a [(String, String)],
     pub remote: SocketAddr,
     /// The local address the request came in on.
-    pub local: ListenAddr,
+    pub local: &'a ListenAddr,
     /// The configured `listen` address of the socket that accepted it (which differs from
     /// `local` for a wildcard address or port 0).
-    pub socket: ListenAddr,
+    pub socket: &'a ListenAddr,
     pub https: bool,
     /// The length of the body, when there is one.
     pub body_len: Option<u64>,
@@ -44,7 +46,7 @@ pub struct Request {
     /// Record each step in `Decision::trace` (for `portico route`).
     pub explain: bool,
     /// The TLS session, on an `ssl` socket.
-    pub tls: Option<TlsInfo>,
+    pub tls: Option<&'a TlsInfo>,
     /// `$connection_requests`: requests made on the connection so far, this one included.
     pub requests: u64,
     /// `$connection_time`: how long the connection has been open, in milliseconds.
@@ -390,7 +392,7 @@ pub fn accel_redirect(
 /// The routing state where `decision` left it, with the variables only the runtime knows.
 fn resume<'p>(
     plan: &'p Plan,
-    req: &'p Request,
+    req: &'p Request<'p>,
     server: &'p Server,
     decision: &Decision,
     known: Vec<(String, String)>,
@@ -702,7 +704,7 @@ enum Flow {
 
 struct State<'p> {
     plan: &'p Plan,
-    req: &'p Request,
+    req: &'p Request<'p>,
     server: &'p Server,
     host: String,
     uri: String,
@@ -732,7 +734,7 @@ struct State<'p> {
 }
 
 impl<'p> State<'p> {
-    fn new(plan: &'p Plan, req: &'p Request, server: &'p Server, host: String) -> Self {
+    fn new(plan: &'p Plan, req: &'p Request<'p>, server: &'p Server, host: String) -> Self {
         State {
             plan,
             req,
@@ -1423,7 +1425,7 @@ impl<'p> State<'p> {
         }
         // The static, index and autoindex modules take GET, HEAD and POST; the static module
         // refuses the others.
-        let method = self.req.method.as_str();
+        let method = self.req.method;
         let readable = matches!(method, "GET" | "HEAD" | "POST");
         if self.uri.ends_with('/') {
             if readable {
@@ -1627,7 +1629,7 @@ impl<'p> State<'p> {
         let target = self.upstream_target(pass, uri_part.as_deref());
         let method = match s.proxy_method() {
             Some(m) => self.eval(&m),
-            None => self.req.method.clone(),
+            None => self.req.method.to_string(),
         };
         let headers = self.upstream_headers(s);
         let mut redirects = Vec::new();
@@ -1810,12 +1812,12 @@ impl Resolve for State<'_> {
                 ListenAddr::Host(h, _) => h.clone(),
                 ListenAddr::Unix(p) => format!("unix:{p}"),
             }),
-            Var::ServerProtocol => Cow::Borrowed(req.version.as_str()),
+            Var::ServerProtocol => Cow::Borrowed(req.version),
             Var::RequestUri => split_absolute(&req.target).1,
             Var::Uri => Cow::Borrowed(self.uri.as_str()),
             Var::Args => Cow::Borrowed(self.args.as_str()),
             Var::IsArgs => Cow::Borrowed(if self.args.is_empty() { "" } else { "?" }),
-            Var::RequestMethod => Cow::Borrowed(req.method.as_str()),
+            Var::RequestMethod => Cow::Borrowed(req.method),
             Var::Request => Cow::Owned(format!("{} {} {}", req.method, req.target, req.version)),
             Var::ContentType => Cow::Borrowed(header(&self.headers, "content-type")?),
             Var::ContentLength => Cow::Borrowed(header(&self.headers, "content-length")?),

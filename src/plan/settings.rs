@@ -119,7 +119,7 @@ by_reference!(
     Root,
     RealIpHeader,
     SessionCache,
-    Arc<std::collections::HashMap<String, String>>,
+    Arc<super::LookupMap<String, String>>,
     Arc<Vec<AccessRule>>
 );
 
@@ -312,7 +312,7 @@ settings! {
     add_header: Vec<AddHeader> = Vec::new();
     default_type: String = "text/plain".to_string();
     /// Extension (lower case) to MIME type.
-    types: Arc<std::collections::HashMap<String, String>> = default_types();
+    types: Arc<super::LookupMap<String, String>> = default_types();
     client_max_body_size: u64 = 1024 * KB;
     client_body_buffer_size: u64 = 16 * KB;
     client_body_timeout: u64 = 60 * SEC;
@@ -448,7 +448,7 @@ pub enum SessionCache {
 }
 
 /// nginx's built-in `types` when the configuration has none.
-fn default_types() -> Arc<std::collections::HashMap<String, String>> {
+fn default_types() -> Arc<super::LookupMap<String, String>> {
     Arc::new(
         [
             ("html", "text/html"),

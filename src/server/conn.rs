@@ -28,7 +28,7 @@ pub struct Exchange<'a> {
     pub keepalive: bool,
     pub conf: &'a LocConf,
     /// The request as routing saw it, for `error_page` at run time.
-    pub request: &'a route::Request,
+    pub request: &'a route::Request<'a>,
     /// `expires`, evaluated (see [`route::Decision::expires`]).
     pub expires: Option<&'a [String]>,
     /// Keep the answer's headers (the plan's log formats read them).
@@ -263,12 +263,7 @@ where
         local,
         &socket,
         shared,
-        (
-            conn.connection,
-            conn.served,
-            tls.as_deref().cloned(),
-            conn.opened,
-        ),
+        (conn.connection, conn.served, tls.as_deref(), conn.opened),
         &mut conn.keepalive_wait,
     )
     .await;
@@ -284,11 +279,11 @@ where
 
 /// The plan's socket a connection is on: its local address when the plan listens there
 /// explicitly, else the configured one it was accepted through.
-fn socket_of(plan: &Plan, local: &ListenAddr, configured: &ListenAddr) -> ListenAddr {
+fn socket_of<'a>(plan: &Plan, local: &'a ListenAddr, configured: &'a ListenAddr) -> &'a ListenAddr {
     if plan.sockets.iter().any(|s| &s.addr == local) {
-        local.clone()
+        local
     } else {
-        configured.clone()
+        configured
     }
 }
 
@@ -303,20 +298,26 @@ async fn handle<S>(
     local: &ListenAddr,
     socket: &ListenAddr,
     shared: &Arc<Shared>,
-    (connection, served_count, tls, opened): (u64, u64, Option<route::TlsInfo>, std::time::Instant),
+    (connection, served_count, tls, opened): (
+        u64,
+        u64,
+        Option<&route::TlsInfo>,
+        std::time::Instant,
+    ),
     keepalive_wait: &mut Option<u64>,
 ) -> std::io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let version = head.version_text();
     let request = route::Request {
-        method: head.method.clone(),
-        target: head.target.clone(),
-        version: head.version_text(),
-        headers: head.headers.clone(),
+        method: &head.method,
+        target: &head.target,
+        version: &version,
+        headers: &head.headers,
         remote: peer,
-        local: local.clone(),
-        socket: socket.clone(),
+        local,
+        socket,
         https: tls.is_some(),
         tls,
         body_len: match framing {
@@ -374,7 +375,11 @@ where
     let started = std::time::Instant::now();
     let inner = serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive);
     let result = crate::logging::scoped(log.clone(), inner).await;
-    let served = ex.served.lock().map(|s| s.clone()).unwrap_or_default();
+    let served = ex
+        .served
+        .lock()
+        .map(|mut s| std::mem::take(&mut *s))
+        .unwrap_or_default();
     if served.status != 0 {
         super::log::write(&super::log::Entry {
             plan,
@@ -419,15 +424,15 @@ where
         ) else {
             // nginx's own page, with the `add_header ... always` of the location (and what an
             // X-Accel-Redirect kept).
-            let mut extra = keep;
+            let mut extra: Vec<http1::Line> = keep.into_iter().map(http1::owned).collect();
             extra.extend(preserved_rest(ex));
             extra.extend(add_headers(ex, status));
             extra.extend(late_headers(ex, decision, plan, status, known));
             if ex.sent_headers {
                 // The page's lines, for `$sent_http_NAME`.
                 let mut lines = vec![(
-                    "Content-Type".to_string(),
-                    with_charset("text/html", status, &ex.conf.settings).into_owned(),
+                    "Content-Type".into(),
+                    with_charset("text/html", status, &ex.conf.settings),
                 )];
                 lines.extend(extra.iter().cloned());
                 ex.note_headers(&lines);
@@ -598,8 +603,8 @@ pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
 /// The MIME type nginx gives an answer for `uri`: by its extension through `types`, else
 /// `default_type`.
 pub fn content_type_for<'a>(uri: &str, s: &'a crate::plan::Settings) -> &'a str {
-    let name = uri.rsplit('/').next().unwrap_or("");
-    match name.rsplit_once('.') {
+    let name = uri.rfind('/').map_or(uri, |i| &uri[i + 1..]);
+    match name.rfind('.').map(|i| name.split_at(i + 1)) {
         Some((_, ext)) if !ext.is_empty() => {
             let types = s.types();
             // Extensions are mostly lower case already: no copy for those.
@@ -678,29 +683,25 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     body: &[u8],
 ) -> std::io::Result<()> {
     let s = &ex.conf.settings;
-    let mut headers = vec![
-        (
-            "Server".to_string(),
-            server_header(s.server_tokens()).to_string(),
-        ),
-        ("Date".to_string(), super::http1::date_now()),
-    ];
+    let mut headers: Vec<http1::Line> = Vec::with_capacity(8 + extra.len());
+    headers.push(("Server".into(), server_header(s.server_tokens()).into()));
+    headers.push(("Date".into(), super::http1::date_now().into()));
     let bodyless = status == 204 || status == 304 || (100..200).contains(&status);
     if !bodyless {
         if let Some(ct) = preserved_type(ex) {
-            headers.push(("Content-Type".to_string(), ct.to_string()));
+            headers.push(("Content-Type".into(), ct.to_string().into()));
         } else if !content_type.is_empty() {
             headers.push((
-                "Content-Type".to_string(),
-                with_charset(content_type, status, s).into_owned(),
+                "Content-Type".into(),
+                with_charset(content_type, status, s).into_owned().into(),
             ));
         }
-        headers.push(("Content-Length".to_string(), body.len().to_string()));
+        headers.push(("Content-Length".into(), body.len().to_string().into()));
     }
     headers.push(connection_header(ex));
     headers.extend(keepalive_header(ex));
     headers.extend(preserved_rest(ex));
-    headers.extend(extra.iter().cloned());
+    headers.extend(extra.iter().cloned().map(http1::owned));
     headers.extend(super::files::expires(ex.expires, status, None));
     headers.extend(add_headers(ex, status));
     let head = http1::ResponseHead {
@@ -756,12 +757,15 @@ impl<'a> Exchange<'a> {
 
     /// Notes what was sent, for the access log.
     /// Keeps the header lines of the answer, for `$sent_http_NAME` in the access log.
-    pub fn note_headers(&self, headers: &[(String, String)]) {
+    pub fn note_headers(&self, headers: &[http1::Line]) {
         if !self.sent_headers {
             return;
         }
         if let Ok(mut s) = self.served.lock() {
-            s.sent_headers = headers.to_vec();
+            s.sent_headers = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
         }
     }
 
@@ -814,12 +818,11 @@ pub fn preserved_type<'a>(ex: &'a Exchange<'_>) -> Option<&'a str> {
 }
 
 /// The other headers an `X-Accel-Redirect` kept.
-pub fn preserved_rest(ex: &Exchange<'_>) -> Vec<(String, String)> {
+pub fn preserved_rest<'a>(ex: &'a Exchange<'a>) -> impl Iterator<Item = http1::Line> + 'a {
     ex.preserved
         .iter()
         .filter(|(n, _)| !n.eq_ignore_ascii_case("content-type"))
-        .cloned()
-        .collect()
+        .map(|line| http1::owned(line.clone()))
 }
 
 /// `X-Accel-Redirect`: the answer is the internal redirect's (as GET, HEAD kept), with the
@@ -845,8 +848,8 @@ where
         if head.method != "HEAD" && !target.starts_with('@') {
             head.method = "GET".to_string();
         }
-        let mut request = ex.request.clone();
-        request.method = head.method.clone();
+        let mut request = *ex.request;
+        request.method = &head.method;
         let mut known = known_vars(ex);
         for (n, v) in &upstream {
             let name = n.to_ascii_lowercase().replace('-', "_");
@@ -891,27 +894,27 @@ where
     })
 }
 
-pub fn connection_header(ex: &Exchange<'_>) -> (String, String) {
+pub fn connection_header(ex: &Exchange<'_>) -> http1::Line {
     let v = if ex.keepalive { "keep-alive" } else { "close" };
-    ("Connection".to_string(), v.to_string())
+    ("Connection".into(), v.into())
 }
 
-pub fn keepalive_header(ex: &Exchange<'_>) -> Option<(String, String)> {
+pub fn keepalive_header(ex: &Exchange<'_>) -> Option<http1::Line> {
     let secs = ex.conf.settings.keepalive_timeout().1?;
     ex.keepalive
-        .then(|| ("Keep-Alive".to_string(), format!("timeout={secs}")))
+        .then(|| ("Keep-Alive".into(), format!("timeout={secs}").into()))
 }
 
 /// `add_header`: for 200, 201, 204, 206, 301, 302, 303, 304, 307, 308, or any with `always`.
-pub fn add_headers(ex: &Exchange<'_>, status: u16) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
+pub fn add_headers(ex: &Exchange<'_>, status: u16) -> Vec<http1::Line> {
+    let mut out: Vec<http1::Line> = Vec::new();
     for (name, value) in add_headers_all(ex, status) {
         // ETag and Last-Modified are one header each: a later one replaces, empty removes.
         if name.eq_ignore_ascii_case("etag") || name.eq_ignore_ascii_case("last-modified") {
             out.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
         }
         if !value.is_empty() {
-            out.push((name, value));
+            out.push(http1::owned((name, value)));
         }
     }
     out
@@ -972,7 +975,7 @@ pub fn late_headers(
     plan: &Plan,
     status: u16,
     known: Vec<(String, String)>,
-) -> Vec<(String, String)> {
+) -> Vec<http1::Line> {
     if decision.late_headers.is_empty() {
         return Vec::new();
     }
@@ -983,7 +986,7 @@ pub fn late_headers(
     route::late_headers(plan, ex.request, decision, known)
         .into_iter()
         .filter(|(_, _, always)| applies || *always)
-        .map(|(n, v, _)| (n, v))
+        .map(|(n, v, _)| http1::owned((n, v)))
         .collect()
 }
 
@@ -993,7 +996,7 @@ async fn error_page_with<S: AsyncWrite + Unpin>(
     status: u16,
     conf: &LocConf,
     keepalive: bool,
-    extra: Vec<(String, String)>,
+    extra: Vec<http1::Line>,
 ) -> std::io::Result<()> {
     let tokens = conf.settings.server_tokens();
     let shown = match status {
@@ -1002,16 +1005,16 @@ async fn error_page_with<S: AsyncWrite + Unpin>(
     };
     let body = pages::default_page(status, tokens).unwrap_or_default();
     let headers = vec![
-        ("Server".to_string(), server_header(tokens).to_string()),
-        ("Date".to_string(), super::http1::date_now()),
+        ("Server".into(), server_header(tokens).into()),
+        ("Date".into(), super::http1::date_now().into()),
         (
-            "Content-Type".to_string(),
-            with_charset("text/html", status, &conf.settings).into_owned(),
+            "Content-Type".into(),
+            with_charset("text/html", status, &conf.settings),
         ),
-        ("Content-Length".to_string(), body.len().to_string()),
+        ("Content-Length".into(), body.len().to_string().into()),
         (
-            "Connection".to_string(),
-            if keepalive { "keep-alive" } else { "close" }.to_string(),
+            "Connection".into(),
+            if keepalive { "keep-alive" } else { "close" }.into(),
         ),
     ];
     let mut headers = headers;

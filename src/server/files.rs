@@ -7,6 +7,7 @@
 //! Errors met here (a missing file, a refused symlink, a failed precondition) go through
 //! `error_page` like any other.
 
+use std::borrow::Cow;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -94,7 +95,7 @@ where
             location = format!("{}{location}", decision.base);
         }
         let body = crate::plan::pages::default_page(301, s.server_tokens()).unwrap_or_default();
-        let extra = vec![("Location".to_string(), location)];
+        let extra = vec![("Location".into(), location)];
         conn::respond(io, ex, 301, &extra, "text/html", body.as_bytes()).await?;
         return Ok(ex.keepalive);
     }
@@ -128,10 +129,10 @@ where
     }
 
     let content_type = match conn::preserved_type(ex) {
-        Some(ct) => ct.to_string(),
+        Some(ct) => Cow::Owned(ct.to_string()),
         None => {
             let ct = conn::content_type_for(&decision.uri, s);
-            conn::with_charset(&ct, 200, s).into_owned()
+            Cow::Owned(conn::with_charset(ct, 200, s).into_owned())
         }
     };
     // The range filter, for a 200.
@@ -140,7 +141,7 @@ where
         match ranges(ex, s, &validators, size) {
             Ranges::Whole { accept } => Plan206::Whole { accept },
             Ranges::Unsatisfiable => {
-                let keep = vec![("Content-Range".to_string(), format!("bytes */{size}"))];
+                let keep = vec![("Content-Range".into(), format!("bytes */{size}"))];
                 return error(io, buf, ex, decision, plan, shared, 416, keep).await;
             }
             Ranges::Some(r) => {
@@ -152,39 +153,38 @@ where
         Plan206::Whole { accept: false }
     };
 
-    // The head, in nginx's order.
-    let mut headers = vec![
-        (
-            "Server".to_string(),
-            conn::server_header(s.server_tokens()).to_string(),
-        ),
-        ("Date".to_string(), http1::date_now()),
-    ];
+    // The head, in nginx's order (room for the usual dozen lines without regrowing).
+    let mut headers: Vec<http1::Line> = Vec::with_capacity(12);
+    headers.push((
+        "Server".into(),
+        conn::server_header(s.server_tokens()).into(),
+    ));
+    headers.push(("Date".into(), http1::date_now().into()));
     let mut body_len = size;
     let mut parts: Vec<(u64, u64)> = Vec::new();
     let mut multipart: Option<Multipart> = None;
     match &ranges {
         _ if status == 304 => {}
         Plan206::Whole { .. } => {
-            headers.push(("Content-Type".to_string(), content_type.clone()));
-            headers.push(("Content-Length".to_string(), size.to_string()));
+            headers.push(("Content-Type".into(), content_type));
+            headers.push(("Content-Length".into(), size.to_string().into()));
             parts.push((0, size));
         }
         Plan206::Parts(r) if r.len() == 1 => {
             let (start, end) = r[0];
-            headers.push(("Content-Type".to_string(), content_type.clone()));
+            headers.push(("Content-Type".into(), content_type));
             body_len = end - start;
-            headers.push(("Content-Length".to_string(), body_len.to_string()));
+            headers.push(("Content-Length".into(), body_len.to_string().into()));
             parts.push((start, end));
         }
         Plan206::Parts(r) => {
             let m = Multipart::new(&content_type, r, size);
             headers.push((
-                "Content-Type".to_string(),
-                format!("multipart/byteranges; boundary={}", m.boundary),
+                "Content-Type".into(),
+                format!("multipart/byteranges; boundary={}", m.boundary).into(),
             ));
             body_len = m.length;
-            headers.push(("Content-Length".to_string(), body_len.to_string()));
+            headers.push(("Content-Length".into(), body_len.to_string().into()));
             parts.extend(r.iter().copied());
             multipart = Some(m);
         }
@@ -192,21 +192,21 @@ where
     // The header filter names the time only for these (not for an error page's file).
     if matches!(status, 200 | 206 | 304) {
         headers.push((
-            "Last-Modified".to_string(),
-            http_date_of(mtime, last_modified),
+            "Last-Modified".into(),
+            http_date_of(mtime, last_modified).into(),
         ));
     }
     headers.push(conn::connection_header(ex));
     headers.extend(conn::keepalive_header(ex));
     headers.extend(conn::preserved_rest(ex));
     if vary && s.gzip_vary() {
-        headers.push(("Vary".to_string(), "Accept-Encoding".to_string()));
+        headers.push(("Vary".into(), "Accept-Encoding".into()));
     }
     if let Some(e) = &etag {
-        headers.push(("ETag".to_string(), e.clone()));
+        headers.push(("ETag".into(), e.clone().into()));
     }
     if encoding && status != 304 {
-        headers.push(("Content-Encoding".to_string(), "gzip".to_string()));
+        headers.push(("Content-Encoding".into(), "gzip".into()));
     }
     headers.extend(expires(decision.expires.as_deref(), status, Some(mtime)));
     // add_header ETag / Last-Modified replace the file's (an empty value removes it).
@@ -217,17 +217,15 @@ where
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
         }
         if !value.is_empty() {
-            headers.push((name, value));
+            headers.push(http1::owned((name, value)));
         }
     }
     match &ranges {
         _ if status == 304 => {}
-        Plan206::Whole { accept: true } => {
-            headers.push(("Accept-Ranges".to_string(), "bytes".to_string()))
-        }
+        Plan206::Whole { accept: true } => headers.push(("Accept-Ranges".into(), "bytes".into())),
         Plan206::Parts(r) if r.len() == 1 => headers.push((
-            "Content-Range".to_string(),
-            format!("bytes {}-{}/{size}", r[0].0, r[0].1 - 1),
+            "Content-Range".into(),
+            format!("bytes {}-{}/{size}", r[0].0, r[0].1 - 1).into(),
         )),
         _ => {}
     }
@@ -291,27 +289,30 @@ where
 
 /// nginx's ETag of a file: `"mtime-size"` in lower-case hex.
 fn etag_of(mtime: i64, size: u64) -> String {
-    fn hex(out: &mut String, mut v: u64) {
-        let mut digits = [0u8; 16];
-        let mut n = 0;
+    /// Puts `b` before what `out[*at..]` holds.
+    fn put(out: &mut [u8], at: &mut usize, b: u8) {
+        *at -= 1;
+        out[*at] = b;
+    }
+    fn hex(out: &mut [u8], at: &mut usize, mut v: u64) {
         loop {
-            digits[n] = b"0123456789abcdef"[(v & 15) as usize];
-            n += 1;
+            put(out, at, b"0123456789abcdef"[(v & 15) as usize]);
             v >>= 4;
             if v == 0 {
                 break;
             }
         }
-        out.extend(digits[..n].iter().rev().map(|&d| d as char));
     }
-    let mut out = String::with_capacity(24);
-    out.push('"');
+    // Written from the end, into `"` + 16 hex digits + `-` + 16 + `"` at most.
+    let mut out = [0u8; 35];
+    let mut at = out.len();
+    put(&mut out, &mut at, b'"');
+    hex(&mut out, &mut at, size);
+    put(&mut out, &mut at, b'-');
     // A time before 1970 is written as nginx writes it, in two's complement.
-    hex(&mut out, mtime as u64);
-    out.push('-');
-    hex(&mut out, size);
-    out.push('"');
-    out
+    hex(&mut out, &mut at, mtime as u64);
+    put(&mut out, &mut at, b'"');
+    String::from_utf8_lossy(&out[at..]).into_owned()
 }
 
 /// `Last-Modified` of a file, remembered for the last time asked: a site's files are
@@ -385,20 +386,22 @@ where
     let keepalive = ex.keepalive && (chunked || head_only);
     let mut headers = vec![
         (
-            "Server".to_string(),
-            conn::server_header(s.server_tokens()).to_string(),
+            "Server".into(),
+            conn::server_header(s.server_tokens()).into(),
         ),
-        ("Date".to_string(), http1::date_now()),
+        ("Date".into(), http1::date_now().into()),
         (
-            "Content-Type".to_string(),
-            conn::with_charset(&listing.content_type, 200, s).into_owned(),
+            "Content-Type".into(),
+            conn::with_charset(&listing.content_type, 200, s)
+                .into_owned()
+                .into(),
         ),
     ];
     if chunked {
-        headers.push(("Transfer-Encoding".to_string(), "chunked".to_string()));
+        headers.push(("Transfer-Encoding".into(), "chunked".into()));
     }
     let v = if keepalive { "keep-alive" } else { "close" };
-    headers.push(("Connection".to_string(), v.to_string()));
+    headers.push(("Connection".into(), v.into()));
     if keepalive {
         headers.extend(conn::keepalive_header(ex));
     }
@@ -957,7 +960,7 @@ async fn write<S: AsyncWrite + Unpin>(io: &mut S, data: &[u8], wait: Duration) -
 
 /// `expires`: the `Expires` and `Cache-Control` headers for an answer of `status` whose file
 /// changed at `mtime` (seconds), as nginx's headers filter sets them.
-pub fn expires(words: Option<&[String]>, status: u16, mtime: Option<i64>) -> Vec<(String, String)> {
+pub fn expires(words: Option<&[String]>, status: u16, mtime: Option<i64>) -> Vec<http1::Line> {
     let safe = matches!(
         status,
         200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
@@ -968,11 +971,8 @@ pub fn expires(words: Option<&[String]>, status: u16, mtime: Option<i64>) -> Vec
     if !safe || words.is_empty() {
         return Vec::new();
     }
-    let pair = |e: String, cc: String| {
-        vec![
-            ("Expires".to_string(), e),
-            ("Cache-Control".to_string(), cc),
-        ]
+    let pair = |e: Cow<'static, str>, cc: Cow<'static, str>| {
+        vec![("Expires".into(), e), ("Cache-Control".into(), cc)]
     };
     let (modified, value) = match words {
         [m, v] if m == "modified" => (true, v.as_str()),
@@ -1011,7 +1011,7 @@ pub fn expires(words: Option<&[String]>, status: u16, mtime: Option<i64>) -> Vec
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     if time == 0 && !daily {
-        return pair(http1::date_now(), "max-age=0".into());
+        return pair(http1::date_now().into(), "max-age=0".into());
     }
     let (at, max_age) = if daily {
         let next = next_time(now, time);
@@ -1024,9 +1024,9 @@ pub fn expires(words: Option<&[String]>, status: u16, mtime: Option<i64>) -> Vec
     };
     let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(at.max(0) as u64));
     if time < 0 || max_age < 0 {
-        return pair(date, "no-cache".into());
+        return pair(date.into(), "no-cache".into());
     }
-    pair(date, format!("max-age={max_age}"))
+    pair(date.into(), format!("max-age={max_age}").into())
 }
 
 /// ngx_next_time: the next moment (local time) at `of_day` seconds after midnight.

@@ -5,6 +5,7 @@
 //! Not hyper: hyper lower-cases header names (nginx passes the client's names upstream as
 //! received) and answers malformed requests itself, where nginx gives 414, 494 and 505.
 
+use std::borrow::Cow;
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,18 +28,18 @@ impl Head {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn version_text(&self) -> String {
+    pub fn version_text(&self) -> Cow<'static, str> {
         match self.version {
-            (1, 1) => "HTTP/1.1".to_string(),
-            (1, 0) => "HTTP/1.0".to_string(),
-            (major, minor) => format!("HTTP/{major}.{minor}"),
+            (1, 1) => "HTTP/1.1".into(),
+            (1, 0) => "HTTP/1.0".into(),
+            (major, minor) => format!("HTTP/{major}.{minor}").into(),
         }
     }
 
     /// Whether the client asks to keep the connection open.
     pub fn wants_keepalive(&self) -> bool {
-        let conn = self.header("connection").unwrap_or("").to_ascii_lowercase();
-        let has = |t: &str| conn.split(',').any(|p| p.trim() == t);
+        let conn = self.header("connection").unwrap_or("");
+        let has = |t: &str| conn.split(',').any(|p| p.trim().eq_ignore_ascii_case(t));
         if self.version >= (1, 1) {
             !has("close")
         } else {
@@ -394,7 +395,16 @@ async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut Vec<u8>) -> io::Result
 pub struct ResponseHead {
     pub version: (u8, u8),
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<Line>,
+}
+
+/// A response header line. Names and most values are known words: borrowed, they cost no
+/// allocation per answer.
+pub type Line = (Cow<'static, str>, Cow<'static, str>);
+
+/// A header line from owned text (an upstream's, an `add_header`'s).
+pub fn owned((name, value): (String, String)) -> Line {
+    (Cow::Owned(name), Cow::Owned(value))
 }
 
 impl ResponseHead {

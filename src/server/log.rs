@@ -318,7 +318,7 @@ impl Resolve for Entry<'_> {
             Var::Uri => Cow::Borrowed(d.uri.as_str()),
             Var::Args => Cow::Borrowed(d.args.as_str()),
             Var::IsArgs => Cow::Borrowed(if d.args.is_empty() { "" } else { "?" }),
-            Var::ServerProtocol => Cow::Owned(h.version_text()),
+            Var::ServerProtocol => h.version_text(),
             Var::ServerName => {
                 Cow::Borrowed(self.plan.servers.get(d.server).map_or("", |s| s.name()))
             }

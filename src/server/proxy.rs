@@ -765,20 +765,22 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<bool> {
     let s = &ex.conf.settings;
     let mut headers = vec![
-        (
-            "Server".to_string(),
-            server_header(s.server_tokens()).to_string(),
-        ),
-        ("Date".to_string(), super::http1::date_now()),
-        ("Connection".to_string(), "upgrade".to_string()),
+        ("Server".into(), server_header(s.server_tokens()).into()),
+        ("Date".into(), super::http1::date_now().into()),
+        ("Connection".into(), "upgrade".into()),
     ];
     for (n, v) in &r.headers {
-        let lower = n.to_ascii_lowercase();
-        if !matches!(
-            lower.as_str(),
-            "connection" | "date" | "server" | "keep-alive" | "transfer-encoding"
-        ) {
-            headers.push((n.clone(), v.clone()));
+        let dropped = [
+            "connection",
+            "date",
+            "server",
+            "keep-alive",
+            "transfer-encoding",
+        ]
+        .iter()
+        .any(|h| n.eq_ignore_ascii_case(h));
+        if !dropped {
+            headers.push(http1::owned((n.clone(), v.clone())));
         }
     }
     let head = http1::ResponseHead {
@@ -849,15 +851,12 @@ async fn deliver<S: AsyncWrite + Unpin>(
     };
     let keepalive = ex.keepalive && framing != ClientFraming::Close;
     // With proxy_pass_header Server or Date, the upstream's (if any) replace nginx's own.
-    let mut headers = Vec::new();
+    let mut headers: Vec<http1::Line> = Vec::with_capacity(6 + r.headers.len());
     if !pass.iter().any(|h| h == "server") {
-        headers.push((
-            "Server".to_string(),
-            server_header(s.server_tokens()).to_string(),
-        ));
+        headers.push(("Server".into(), server_header(s.server_tokens()).into()));
     }
     if !pass.iter().any(|h| h == "date") {
-        headers.push(("Date".to_string(), super::http1::date_now()));
+        headers.push(("Date".into(), super::http1::date_now().into()));
     }
     // Content-Type keeps its place first among the upstream's headers, as in nginx.
     if let Some(ct) = r
@@ -866,49 +865,37 @@ async fn deliver<S: AsyncWrite + Unpin>(
         .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
     {
         let value = super::conn::with_charset(&ct.1, r.status, s).into_owned();
-        headers.push((ct.0.clone(), value));
+        headers.push((ct.0.clone().into(), value.into()));
     }
     match framing {
-        ClientFraming::Length(n) => headers.push(("Content-Length".to_string(), n.to_string())),
-        ClientFraming::Chunked => {
-            headers.push(("Transfer-Encoding".to_string(), "chunked".to_string()))
-        }
+        ClientFraming::Length(n) => headers.push(("Content-Length".into(), n.to_string().into())),
+        ClientFraming::Chunked => headers.push(("Transfer-Encoding".into(), "chunked".into())),
         _ => {}
     }
     headers.push((
-        "Connection".to_string(),
-        if keepalive { "keep-alive" } else { "close" }.to_string(),
+        "Connection".into(),
+        if keepalive { "keep-alive" } else { "close" }.into(),
     ));
     if keepalive {
         headers.extend(keepalive_header(ex));
     }
     for (n, v) in &r.headers {
-        let lower = n.to_ascii_lowercase();
-        if lower == "content-type" {
+        // Compared in place: no lower-cased copy of each name.
+        let is = |name: &str| n.eq_ignore_ascii_case(name);
+        if is("content-type") {
             continue;
         }
-        let hidden = (HIDDEN.contains(&lower.as_str())
-            && !(pass.contains(&lower)
-                && matches!(
-                    lower.as_str(),
-                    "date"
-                        | "server"
-                        | "x-pad"
-                        | "x-accel-expires"
-                        | "x-accel-redirect"
-                        | "x-accel-limit-rate"
-                        | "x-accel-buffering"
-                        | "x-accel-charset"
-                )))
-            || hide.contains(&lower);
+        let hidden = (HIDDEN.iter().any(|h| is(h))
+            && !(pass.iter().any(|p| is(p)) && HIDDEN[..8].iter().any(|h| is(h))))
+            || hide.iter().any(|h| is(h));
         if !hidden {
             let value = match &decision.outcome {
-                Outcome::Proxy { cookies, .. } if lower == "set-cookie" && !cookies.is_empty() => {
+                Outcome::Proxy { cookies, .. } if is("set-cookie") && !cookies.is_empty() => {
                     cookies.rewrite(v)
                 }
                 _ => v.clone(),
             };
-            headers.push((n.clone(), value));
+            headers.push((n.clone().into(), value.into()));
         }
     }
     // expires replaces the upstream's Expires and Cache-Control where they stand.
@@ -1279,6 +1266,7 @@ fn rewrite_redirects(
 }
 
 /// Headers nginx never passes from an upstream's response (its own, hop-by-hop, X-Accel-*).
+/// The first eight are the ones `proxy_pass_header` can let through.
 const HIDDEN: [&str; 13] = [
     "date",
     "server",

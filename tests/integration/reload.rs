@@ -832,7 +832,7 @@ fn an_idle_connection_on_a_replaced_plan_closes_after_worker_shutdown_timeout() 
         )
     };
     std::fs::write(&conf, text("one")).unwrap();
-    let mut server = Server::start(&dir, &conf, &[]);
+    let server = Server::start(&dir, &conf, &[]);
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut idle = BufReader::new(s);
