@@ -309,6 +309,41 @@ pub enum PeerAddr {
     },
 }
 
+impl PeerAddr {
+    /// The address as `$upstream_addr` shows it, as Display writes it, without the
+    /// formatter's machinery (it is written for every attempt).
+    pub fn text(&self) -> String {
+        match self {
+            PeerAddr::Tcp { host, port } => {
+                let mut out = String::with_capacity(host.len() + 8);
+                let v6 = host.contains(':');
+                if v6 {
+                    out.push('[');
+                }
+                out.push_str(host);
+                if v6 {
+                    out.push(']');
+                }
+                out.push(':');
+                let mut digits = [0u8; 5];
+                let mut at = digits.len();
+                let mut p = *port;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (p % 10) as u8;
+                    p /= 10;
+                    if p == 0 {
+                        break;
+                    }
+                }
+                out.extend(digits[at..].iter().map(|&d| d as char));
+                out
+            }
+            PeerAddr::Unix { path } => format!("unix:{path}"),
+        }
+    }
+}
+
 impl std::fmt::Display for PeerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -386,4 +421,28 @@ pub fn build(compiled: &mut crate::config::Compiled, options: &LowerOptions) -> 
     }
     compiled.diagnostics.splice(end..end, fresh);
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_is_what_display_writes() {
+        let tcp = |host: &str, port| PeerAddr::Tcp {
+            host: host.to_string(),
+            port,
+        };
+        for addr in [
+            tcp("127.0.0.1", 8000),
+            tcp("app", 0),
+            tcp("10.0.0.1", 65535),
+            tcp("::1", 80),
+            PeerAddr::Unix {
+                path: "/run/gunicorn.sock".to_string(),
+            },
+        ] {
+            assert_eq!(addr.text(), addr.to_string());
+        }
+    }
 }

@@ -170,37 +170,38 @@ fn insert_first<V>(map: &mut LookupMap<String, V>, key: String, value: V) -> boo
 
 /// nginx's `ngx_http_validate_host`: lower-cases, drops the port and a trailing dot; `None`
 /// for a host nginx refuses with 400.
-pub fn validate_host(host: &str) -> Option<String> {
-    #[derive(PartialEq)]
-    enum St {
-        Usual,
-        Literal,
-        Rest,
-    }
+pub fn validate_host(host: &str) -> Option<std::borrow::Cow<'_, str>> {
     let b = host.as_bytes();
-    let mut dot_pos = b.len();
+    // The end of the name: before a port's `:` (outside an IPv6 literal), after a `]`.
     let mut host_len = b.len();
-    let mut state = St::Usual;
+    let mut literal = b.first() == Some(&b'[');
+    let mut in_name = true;
+    let mut upper = false;
+    // The last dot anywhere, port included, as nginx keeps it.
+    let mut dot_pos = usize::MAX;
     for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'.' => {
-                if i > 0 && dot_pos == i - 1 {
-                    return None;
+        if c <= 0x20 || c == 0x7f || c == b'/' {
+            return None;
+        }
+        if c == b'.' {
+            if i > 0 && dot_pos == i - 1 {
+                return None;
+            }
+            dot_pos = i;
+        }
+        if in_name {
+            match c {
+                b':' if !literal => {
+                    host_len = i;
+                    in_name = false;
                 }
-                dot_pos = i;
+                b']' if literal => {
+                    host_len = i + 1;
+                    literal = false;
+                    in_name = false;
+                }
+                _ => upper |= c.is_ascii_uppercase(),
             }
-            b':' if state == St::Usual => {
-                host_len = i;
-                state = St::Rest;
-            }
-            b'[' if i == 0 => state = St::Literal,
-            b']' if state == St::Literal => {
-                host_len = i + 1;
-                state = St::Rest;
-            }
-            b'/' | 0 => return None,
-            _ if c <= 0x20 || c == 0x7f => return None,
-            _ => {}
         }
     }
     if host_len > 0 && dot_pos == host_len - 1 {
@@ -209,12 +210,19 @@ pub fn validate_host(host: &str) -> Option<String> {
     if host_len == 0 {
         return None;
     }
-    Some(host[..host_len].to_ascii_lowercase())
+    let host = &host[..host_len];
+    // Already lower case, as clients nearly always send it: no copy.
+    Some(if upper {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     fn table(names: &[(&str, usize)]) -> NameTable {
         let mut t = NameTable::default();
@@ -256,5 +264,14 @@ mod tests {
         assert_eq!(validate_host("a..b"), None);
         assert_eq!(validate_host("a/b"), None);
         assert_eq!(validate_host(""), None);
+        assert_eq!(validate_host("a\x7fb"), None);
+        assert_eq!(validate_host("[::A]:80").as_deref(), Some("[::a]"));
+        assert_eq!(validate_host(".").as_deref(), None);
+        // nginx drops a trailing dot only when it is the last dot of all, port included.
+        assert_eq!(validate_host("a.:8.0").as_deref(), Some("a."));
+        assert!(matches!(
+            validate_host("app.example"),
+            Some(Cow::Borrowed(_))
+        ));
     }
 }

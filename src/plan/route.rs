@@ -237,16 +237,14 @@ pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
     };
     // The host: an absolute-form target's authority, else the Host header.
     let (authority, path_target) = split_absolute(&req.target);
-    let host_raw = authority
-        .map(str::to_string)
-        .or_else(|| header(&req.headers, "host").map(str::to_string));
-    let host = match &host_raw {
+    let host_raw = authority.or_else(|| header(req.headers, "host"));
+    let host = match host_raw {
         Some(h) => match validate_host(h) {
             Some(h) => h,
             None => {
                 // A 400 of the default server, through its error_page.
                 let server = &plan.servers[socket.default];
-                let mut st = State::new(plan, req, server, String::new());
+                let mut st = State::new(plan, req, server, Cow::Borrowed(""));
                 if st.explain {
                     st.trace.push("invalid host: 400".into());
                 }
@@ -261,7 +259,7 @@ pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
                 return st.serve_result(outcome, files, &mut cycles);
             }
         },
-        None => String::new(),
+        None => Cow::Borrowed(""),
     };
     let (server_index, captures) = match socket.names.find(&host) {
         Some(f) => (f.server, f.captures),
@@ -293,7 +291,7 @@ pub fn route(plan: &Plan, req: &Request, files: &dyn FileCheck) -> Decision {
     st.args = parsed.args;
     st.quoted = parsed.quoted;
     st.plus = parsed.plus;
-    st.unparsed = path_target.to_string();
+    st.unparsed = path_target;
     st.headers = filter_headers(&req.headers, &server.conf);
 
     // Post-read phase (realip), then the server rewrite phase.
@@ -678,18 +676,23 @@ fn header<'r>(headers: &'r [(String, String)], name: &str) -> Option<&'r str> {
 }
 
 /// nginx ignores header lines with invalid names (with `_` unless `underscores_in_headers`).
-fn filter_headers(headers: &[(String, String)], conf: &LocConf) -> Vec<(String, String)> {
+/// The header lines nginx keeps (`ignore_invalid_headers`, `underscores_in_headers`):
+/// borrowed when it keeps them all, as it nearly always does.
+fn filter_headers<'h>(
+    headers: &'h [(String, String)],
+    conf: &LocConf,
+) -> Cow<'h, [(String, String)]> {
     let underscores = conf.settings.underscores_in_headers();
     let ignore = conf.settings.ignore_invalid_headers();
-    headers
-        .iter()
-        .filter(|(n, _)| {
-            !ignore
-                || n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (b == b'_' && underscores))
-        })
-        .cloned()
-        .collect()
+    let valid = |(n, _): &&(String, String)| {
+        !ignore
+            || n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (b == b'_' && underscores))
+    };
+    if headers.iter().all(|h| valid(&h)) {
+        return Cow::Borrowed(headers);
+    }
+    Cow::Owned(headers.iter().filter(valid).cloned().collect())
 }
 
 enum Flow {
@@ -706,13 +709,13 @@ struct State<'p> {
     plan: &'p Plan,
     req: &'p Request<'p>,
     server: &'p Server,
-    host: String,
+    host: Cow<'p, str>,
     uri: String,
     args: String,
     quoted: bool,
     plus: bool,
-    unparsed: String,
-    headers: Vec<(String, String)>,
+    unparsed: Cow<'p, str>,
+    headers: Cow<'p, [(String, String)]>,
     captures: Option<Captures>,
     vars: HashMap<String, String>,
     conf: Arc<LocConf>,
@@ -734,7 +737,7 @@ struct State<'p> {
 }
 
 impl<'p> State<'p> {
-    fn new(plan: &'p Plan, req: &'p Request<'p>, server: &'p Server, host: String) -> Self {
+    fn new(plan: &'p Plan, req: &'p Request<'p>, server: &'p Server, host: Cow<'p, str>) -> Self {
         State {
             plan,
             req,
@@ -744,8 +747,8 @@ impl<'p> State<'p> {
             args: String::new(),
             quoted: false,
             plus: false,
-            unparsed: String::new(),
-            headers: Vec::new(),
+            unparsed: Cow::Borrowed(""),
+            headers: Cow::Borrowed(&[]),
             captures: None,
             vars: HashMap::new(),
             conf: server.conf.clone(),
@@ -932,7 +935,7 @@ impl<'p> State<'p> {
         let host = if s.server_name_in_redirect() {
             self.server.name().to_string()
         } else if !self.host.is_empty() {
-            self.host.clone()
+            self.host.to_string()
         } else {
             match &self.req.local {
                 ListenAddr::Tcp(a) => a.ip().to_string(),
@@ -1648,7 +1651,9 @@ impl<'p> State<'p> {
                             to,
                         });
                     } else {
-                        let from = format!("{url}/");
+                        let mut from = String::with_capacity(url.len() + 1);
+                        from.push_str(url);
+                        from.push('/');
                         redirects.push(Redirect::Prefix {
                             from,
                             to: "/".into(),
@@ -1701,7 +1706,11 @@ impl<'p> State<'p> {
             request: UpstreamRequest {
                 method,
                 target,
-                version: format!("HTTP/{}", s.proxy_http_version()),
+                version: match s.proxy_http_version() {
+                    "1.0" => "HTTP/1.0".to_string(),
+                    "1.1" => "HTTP/1.1".to_string(),
+                    v => format!("HTTP/{v}"),
+                },
                 headers,
             },
         }
@@ -1716,7 +1725,7 @@ impl<'p> State<'p> {
         }
         let uri_part = uri_part.unwrap_or("");
         if uri_part.is_empty() && self.valid_unparsed {
-            return self.unparsed.clone();
+            return self.unparsed.to_string();
         }
         let loc_len = if self.valid_location && !uri_part.is_empty() {
             self.conf.location_name.len().min(self.uri.len())
@@ -1774,7 +1783,7 @@ impl<'p> State<'p> {
             }
         }
         if s.proxy_pass_request_headers() {
-            for (n, v) in &self.headers {
+            for (n, v) in self.headers.iter() {
                 if set.iter().any(|(s, _)| s.eq_ignore_ascii_case(n)) {
                     continue;
                 }
@@ -1796,7 +1805,7 @@ impl Resolve for State<'_> {
                 if self.host.is_empty() {
                     Cow::Borrowed(self.server.name())
                 } else {
-                    Cow::Borrowed(self.host.as_str())
+                    Cow::Borrowed(&*self.host)
                 }
             }
             Var::RemoteAddr => Cow::Owned(self.remote.ip().to_string()),

@@ -235,9 +235,15 @@ where
         headers,
     };
     ex.note_headers(&head.headers);
-    let mut out = head.to_bytes();
-    let head_len = out.len();
     let send_body = method != "HEAD" && status != 304;
+    // A small body goes out in the head's write: room for it now, no regrowing.
+    let room = if send_body && multipart.is_none() && body_len <= INLINE {
+        body_len as usize
+    } else {
+        0
+    };
+    let mut out = head.to_bytes_with_room(room);
+    let head_len = out.len();
     let wait = Duration::from_millis(s.send_timeout().max(1));
     if !send_body {
         ex.record(status, head_len, 0);
@@ -312,7 +318,9 @@ fn etag_of(mtime: i64, size: u64) -> String {
     // A time before 1970 is written as nginx writes it, in two's complement.
     hex(&mut out, &mut at, mtime as u64);
     put(&mut out, &mut at, b'"');
-    String::from_utf8_lossy(&out[at..]).into_owned()
+    std::str::from_utf8(&out[at..])
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// `Last-Modified` of a file, remembered for the last time asked: a site's files are
@@ -952,7 +960,7 @@ fn read_full(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
 }
 
 async fn write<S: AsyncWrite + Unpin>(io: &mut S, data: &[u8], wait: Duration) -> io::Result<()> {
-    match tokio::time::timeout(wait, io.write_all(data)).await {
+    match super::deadline::within(wait, io.write_all(data)).await {
         Ok(r) => r,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }

@@ -159,7 +159,7 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refus
                     if h.name.len() > limits.line || h.value.len() > limits.line {
                         return Err(Refused(494));
                     }
-                    let value = String::from_utf8_lossy(h.value).trim().to_string();
+                    let value = text(h.value).trim().to_string();
                     headers.push((h.name.to_string(), value));
                 }
                 headers
@@ -243,26 +243,27 @@ pub fn check_head(head: &Head) -> Result<Framing, Refused> {
             return Err(Refused(400));
         }
     }
-    let hosts = head
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
-        .count();
+    // One pass over the lines: Host, Content-Length and Transfer-Encoding counted, the
+    // first of each kept.
+    let (mut hosts, mut lengths, mut te_lines) = (0, 0, 0);
+    let (mut length, mut te) = (None, None);
+    for (n, v) in &head.headers {
+        match n.len() {
+            4 if n.eq_ignore_ascii_case("host") => hosts += 1,
+            14 if n.eq_ignore_ascii_case("content-length") => {
+                lengths += 1;
+                length = length.or(Some(v.as_str()));
+            }
+            17 if n.eq_ignore_ascii_case("transfer-encoding") => {
+                te_lines += 1;
+                te = te.or(Some(v.as_str()));
+            }
+            _ => {}
+        }
+    }
     if hosts > 1 || (head.version >= (1, 1) && hosts == 0) {
         return Err(Refused(400));
     }
-    let lengths: Vec<&str> = head
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let te = head.header("transfer-encoding");
-    let te_lines = head
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
-        .count();
     if te_lines > 1 {
         return Err(Refused(400));
     }
@@ -270,7 +271,7 @@ pub fn check_head(head: &Head) -> Result<Framing, Refused> {
         if head.version < (1, 1) {
             return Err(Refused(400));
         }
-        if !lengths.is_empty() {
+        if lengths > 0 {
             return Err(Refused(400));
         }
         if !te.eq_ignore_ascii_case("chunked") {
@@ -278,9 +279,9 @@ pub fn check_head(head: &Head) -> Result<Framing, Refused> {
         }
         return Ok(Framing::Chunked);
     }
-    match lengths.as_slice() {
-        [] => Ok(Framing::None),
-        [v] => match v.parse::<u64>() {
+    match (lengths, length) {
+        (0, _) => Ok(Framing::None),
+        (1, Some(v)) => match v.parse::<u64>() {
             Ok(n) if v.bytes().all(|b| b.is_ascii_digit()) => Ok(Framing::Length(n)),
             _ => Err(Refused(400)),
         },
@@ -398,6 +399,8 @@ pub struct ResponseHead {
     pub headers: Vec<Line>,
 }
 
+pub use crate::plan::uri::text;
+
 /// A response header line. Names and most values are known words: borrowed, they cost no
 /// allocation per answer.
 pub type Line = (Cow<'static, str>, Cow<'static, str>);
@@ -409,6 +412,12 @@ pub fn owned((name, value): (String, String)) -> Line {
 
 impl ResponseHead {
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_bytes_with_room(0)
+    }
+
+    /// The head, in a buffer with `room` bytes to spare (for a body that follows it in the
+    /// same write, without growing the buffer).
+    pub fn to_bytes_with_room(&self, room: usize) -> Vec<u8> {
         let reason = crate::plan::pages::reason(self.status);
         let version = if self.version >= (1, 1) || self.version == (1, 0) {
             "HTTP/1.1"
@@ -420,7 +429,7 @@ impl ResponseHead {
             .iter()
             .map(|(n, v)| n.len() + v.len() + 4)
             .sum();
-        let mut out = Vec::with_capacity(size + reason.len() + 20);
+        let mut out = Vec::with_capacity(size + reason.len() + 20 + room);
         out.extend_from_slice(version.as_bytes());
         out.push(b' ');
         // A status has three digits (a 1xx-5xx, or nginx's 444 and 499).

@@ -324,17 +324,12 @@ impl Resolve for Entry<'_> {
             }
             Var::ServerPort => Cow::Owned(self.local.port().to_string()),
             Var::Scheme => Cow::Borrowed("http"),
-            Var::Host => Cow::Owned(
-                h.header("host")
-                    .and_then(crate::plan::names::validate_host)
-                    .unwrap_or_else(|| {
-                        self.plan
-                            .servers
-                            .get(d.server)
-                            .map_or("", |s| s.name())
-                            .to_string()
-                    }),
-            ),
+            Var::Host => h
+                .header("host")
+                .and_then(crate::plan::names::validate_host)
+                .unwrap_or_else(|| {
+                    Cow::Borrowed(self.plan.servers.get(d.server).map_or("", |s| s.name()))
+                }),
             Var::Http(name) => Cow::Borrowed(h.header(&name.replace('_', "-"))?),
             Var::UpstreamHttp(name) => {
                 let name = name.replace('_', "-");

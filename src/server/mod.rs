@@ -8,6 +8,7 @@
 mod autoindex;
 mod body;
 mod conn;
+mod deadline;
 pub mod drain;
 mod files;
 pub mod http1;

@@ -1,7 +1,7 @@
 //! Idle upstream connections kept for reuse (`keepalive` in an `upstream` block). The pool lives
 //! in [`super::Shared`], outside the plan: a reload keeps the connections of unchanged peers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ struct Idle {
 /// Idle connections per upstream group, most recently used last.
 #[derive(Default)]
 pub struct Pool {
-    groups: Mutex<HashMap<String, VecDeque<(String, Idle)>>>,
+    groups: Mutex<crate::plan::LookupMap<String, VecDeque<(String, Idle)>>>,
 }
 
 impl Pool {
@@ -37,7 +37,13 @@ impl Pool {
         let mut groups = self.groups.lock().ok()?;
         let idle = groups.get_mut(group)?;
         let now = Instant::now();
-        idle.retain(|(_, i)| now.duration_since(i.since) < timeout);
+        // Kept in the order they went idle: the expired ones are at the front.
+        while idle
+            .front()
+            .is_some_and(|(_, i)| now.duration_since(i.since) >= timeout)
+        {
+            idle.pop_front();
+        }
         let at = idle.iter().rposition(|(p, _)| p == peer)?;
         idle.remove(at).map(|(_, i)| i.conn)
     }

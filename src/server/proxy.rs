@@ -183,7 +183,7 @@ where
             prev.response.get_or_insert(prev.started.elapsed());
         }
         // Written once per attempt: `$upstream_addr` and the keep-alive pool's key.
-        let addr = peer.addr.to_string();
+        let addr = peer.addr.text();
         states.push(state(addr.clone()));
         let mut connected = None;
         let target = Target {
@@ -380,11 +380,23 @@ fn request_head(
     framing: Framing,
     body: &ReqBody,
 ) -> Vec<u8> {
-    let mut head = format!(
-        "{} {} {}\r\n",
-        request.method, request.target, request.version
-    )
-    .into_bytes();
+    let line = request.method.len() + request.target.len() + request.version.len() + 4;
+    let lines: usize = request
+        .headers
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 4)
+        .sum();
+    let mut head = Vec::with_capacity(line + lines + 2);
+    for part in [
+        &request.method,
+        " ",
+        &request.target,
+        " ",
+        &request.version,
+        "\r\n",
+    ] {
+        head.extend_from_slice(part.as_bytes());
+    }
     for (n, v) in &request.headers {
         if n.eq_ignore_ascii_case("transfer-encoding")
             && v == "chunked"
@@ -583,7 +595,7 @@ where
         }
         up.flush().await
     };
-    match tokio::time::timeout(send_timeout, sent).await {
+    match super::deadline::within(send_timeout, sent).await {
         Err(_) => return Err((Failure::Timeout, false)),
         Ok(Err(_)) => return Err((Failure::Error, true)),
         Ok(Ok(())) => {}
@@ -628,7 +640,7 @@ where
                 up.write_all(&out).await?;
                 up.flush().await
             };
-            match tokio::time::timeout(send_timeout, wrote).await {
+            match super::deadline::within(send_timeout, wrote).await {
                 Err(_) => return Err((Failure::Timeout, false)),
                 Ok(Err(_)) => return Err((Failure::Error, false)),
                 Ok(Ok(())) => {}
@@ -691,10 +703,8 @@ where
                     .headers
                     .iter()
                     .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).trim().to_string(),
-                        )
+                        let value = http1::text(h.value).trim().to_string();
+                        (h.name.to_string(), value)
                     })
                     .collect::<Vec<_>>();
                 break (
@@ -960,7 +970,7 @@ async fn deliver<S: AsyncWrite + Unpin>(
         out.extend_from_slice(&r.leftover[..sent]);
         ex.record(r.status, out.len(), sent);
         let wait = ms(s.send_timeout());
-        return match tokio::time::timeout(wait, async {
+        return match super::deadline::within(wait, async {
             io.write_all(&out).await?;
             io.flush().await
         })

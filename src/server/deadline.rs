@@ -1,0 +1,42 @@
+//! Time limits that cost nothing when they are not needed.
+
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
+
+/// The limit passed before the work finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// `tokio::time::timeout`, with no timer set when `fut` is done at its first poll, as most
+/// writes are (the socket's buffer takes them whole). A timer is a registration in tokio's
+/// wheel and a removal from it: on a small answer it cost more than the write's own work.
+/// The limit then counts from the first time `fut` had to wait.
+pub async fn within<F: Future>(wait: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(match fut.as_mut().poll(cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        })
+    })
+    .await;
+    match first {
+        Some(v) => Ok(v),
+        None => tokio::time::timeout(wait, fut).await.map_err(|_| Elapsed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_work_needs_no_time_and_slow_work_times_out() {
+        assert_eq!(within(Duration::from_millis(5), async { 7 }).await, Ok(7));
+        let slow = tokio::time::sleep(Duration::from_secs(60));
+        assert_eq!(within(Duration::from_millis(5), slow).await, Err(Elapsed));
+        let in_time = tokio::time::sleep(Duration::from_millis(3));
+        assert_eq!(within(Duration::from_millis(5), in_time).await, Ok(()));
+    }
+}
