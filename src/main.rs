@@ -1,4 +1,5 @@
 //! The `portico` binary: parse the command line, run, map the outcome to an exit code.
+#![cfg_attr(portico_system_alloc, allow(dead_code))]
 
 use std::process::ExitCode;
 
