@@ -150,11 +150,13 @@ pub fn emit(lines: Vec<(u8, Vec<u8>)>, log: Option<&LogFile>) {
 }
 
 /// Runs `fut` with `log` as the error log of what it logs.
-pub async fn scoped<F: std::future::Future>(
+/// Not an `async fn`: that would hold `fut` twice in its state, as its argument and inside
+/// the scope it is moved into.
+pub fn scoped<F: std::future::Future>(
     log: Option<std::sync::Arc<LogFile>>,
     fut: F,
-) -> F::Output {
-    REQUEST_LOG.scope(log, fut).await
+) -> impl std::future::Future<Output = F::Output> {
+    REQUEST_LOG.scope(log, fut)
 }
 
 fn write_main(level: u8, line: &[u8]) {

@@ -171,6 +171,28 @@ fn insert_first<V>(map: &mut LookupMap<String, V>, key: String, value: V) -> boo
 /// nginx's `ngx_http_validate_host`: lower-cases, drops the port and a trailing dot; `None`
 /// for a host nginx refuses with 400.
 pub fn validate_host(host: &str) -> Option<std::borrow::Cow<'_, str>> {
+    /// What each byte is to the check: most (lower-case letters, digits, `-`) are nothing.
+    const BAD: u8 = 1;
+    const UPPER: u8 = 2;
+    const MARK: u8 = 4;
+    const CLASS: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = if b <= 0x20 || b == 0x7f || b == b'/' {
+                BAD
+            } else if b.is_ascii_uppercase() {
+                UPPER
+            } else if matches!(b, b'.' | b':' | b'[' | b']') {
+                MARK
+            } else {
+                0
+            };
+            c += 1;
+        }
+        t
+    };
     let b = host.as_bytes();
     // The end of the name: before a port's `:` (outside an IPv6 literal), after a `]`.
     let mut host_len = b.len();
@@ -180,28 +202,28 @@ pub fn validate_host(host: &str) -> Option<std::borrow::Cow<'_, str>> {
     // The last dot anywhere, port included, as nginx keeps it.
     let mut dot_pos = usize::MAX;
     for (i, &c) in b.iter().enumerate() {
-        if c <= 0x20 || c == 0x7f || c == b'/' {
-            return None;
-        }
-        if c == b'.' {
-            if i > 0 && dot_pos == i - 1 {
-                return None;
-            }
-            dot_pos = i;
-        }
-        if in_name {
-            match c {
-                b':' if !literal => {
+        match CLASS[c as usize] {
+            0 => {}
+            BAD => return None,
+            UPPER => upper |= in_name,
+            _ => match c {
+                b'.' => {
+                    if i > 0 && dot_pos == i - 1 {
+                        return None;
+                    }
+                    dot_pos = i;
+                }
+                b':' if in_name && !literal => {
                     host_len = i;
                     in_name = false;
                 }
-                b']' if literal => {
+                b']' if in_name && literal => {
                     host_len = i + 1;
                     literal = false;
                     in_name = false;
                 }
-                _ => upper |= c.is_ascii_uppercase(),
-            }
+                _ => {}
+            },
         }
     }
     if host_len > 0 && dot_pos == host_len - 1 {

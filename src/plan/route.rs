@@ -619,10 +619,14 @@ pub fn find_socket<'p>(plan: &'p Plan, local: &ListenAddr) -> Option<&'p Socket>
 /// `http://host/path` → (Some(host), "/path"); `http://host?a` → (Some(host), "/?a"); an
 /// origin-form target is returned as is.
 pub fn split_absolute(target: &str) -> (Option<&str>, Cow<'_, str>) {
-    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
-    let rest = if lower.starts_with("http://") {
+    let scheme = |s: &str| {
+        target.len() >= s.len() && target.as_bytes()[..s.len()].eq_ignore_ascii_case(s.as_bytes())
+    };
+    let rest = if target.starts_with('/') {
+        return (None, Cow::Borrowed(target));
+    } else if scheme("http://") {
         &target[7..]
-    } else if lower.starts_with("https://") {
+    } else if scheme("https://") {
         &target[8..]
     } else {
         return (None, Cow::Borrowed(target));
@@ -1436,7 +1440,7 @@ impl<'p> State<'p> {
                     return found;
                 }
                 if conf.settings.autoindex() && method != "POST" {
-                    let path = self.map_path(&self.uri.clone());
+                    let path = self.map_path(&self.uri);
                     if self.explain {
                         self.trace.push(format!("autoindex of {path}"));
                     }
@@ -1446,7 +1450,7 @@ impl<'p> State<'p> {
             if !readable {
                 return Ok(self.status(405, None));
             }
-            let path = self.map_path(&self.uri.clone());
+            let path = self.map_path(&self.uri);
             tracing::error!("directory index of \"{path}\" is forbidden");
             if self.explain {
                 self.trace.push("no index file: 403".into());
@@ -1456,7 +1460,7 @@ impl<'p> State<'p> {
         if !readable {
             return Ok(self.status(405, None));
         }
-        let path = self.map_path(&self.uri.clone());
+        let path = self.map_path(&self.uri);
         if files.redirects_dirs() && files.is_dir(&path) {
             // The static module: a directory without its slash is redirected to it.
             let mut target = format!("{}/", uri::escape(&self.uri, Escape::Uri));
@@ -1475,7 +1479,7 @@ impl<'p> State<'p> {
     /// (a name starting with `/` is one without a test). `None`: none exists, the
     /// directory does.
     fn index(&mut self, files: &dyn FileCheck) -> Option<Result<Outcome, Restart>> {
-        let dir = self.map_path(&self.uri.clone());
+        let dir = self.map_path(&self.uri);
         let mut dir_tested = false;
         for t in self.conf.settings.index().iter() {
             let name = self.eval(t);

@@ -38,7 +38,9 @@ impl Head {
 
     /// Whether the client asks to keep the connection open.
     pub fn wants_keepalive(&self) -> bool {
-        let conn = self.header("connection").unwrap_or("");
+        let Some(conn) = self.header("connection") else {
+            return self.version >= (1, 1);
+        };
         let has = |t: &str| conn.split(',').any(|p| p.trim().eq_ignore_ascii_case(t));
         if self.version >= (1, 1) {
             !has("close")
