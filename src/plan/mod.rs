@@ -316,7 +316,7 @@ impl PeerAddr {
         match self {
             PeerAddr::Tcp { host, port } => {
                 let mut out = String::with_capacity(host.len() + 8);
-                let v6 = host.contains(':');
+                let v6 = host.as_bytes().contains(&b':');
                 if v6 {
                     out.push('[');
                 }
@@ -336,7 +336,7 @@ impl PeerAddr {
                         break;
                     }
                 }
-                out.extend(digits[at..].iter().map(|&d| d as char));
+                out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
                 out
             }
             PeerAddr::Unix { path } => format!("unix:{path}"),

@@ -695,9 +695,15 @@ where
             tracing::error!("upstream prematurely closed connection while reading response header");
             return Err((Failure::Error, got.is_empty()));
         }
-        let mut storage = [httparse::EMPTY_HEADER; 100];
-        let mut resp = httparse::Response::new(&mut storage);
-        match resp.parse(&got) {
+        // Uninitialised slots: httparse writes only those it fills (100 zeroed ones were
+        // 3 KiB to clear for every read of a response head).
+        let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
+        let mut resp = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            &got,
+            &mut storage,
+        ) {
             Ok(httparse::Status::Complete(len)) => {
                 let headers = resp
                     .headers
@@ -725,16 +731,23 @@ where
             }
         }
     };
-    let leftover = got.split_off(consumed);
+    // What follows the head stays in the read buffer, moved to its front: no second buffer.
+    got.drain(..consumed);
+    let leftover = got;
     let find = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.to_ascii_lowercase())
+            .map(|(_, v)| v.as_str())
+    };
+    let names = |v: &str, word: &str| {
+        v.as_bytes()
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
     };
     let framing = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
         BodyFraming::Empty
-    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    } else if find("transfer-encoding").is_some_and(|v| names(v, "chunked")) {
         BodyFraming::Chunked
     } else if let Some(len) = find("content-length") {
         match len.parse::<u64>() {
@@ -750,7 +763,7 @@ where
     let reusable = version == 1
         && status != 101
         && framing != BodyFraming::Close
-        && !find("connection").is_some_and(|v| v.contains("close"));
+        && !find("connection").is_some_and(|v| names(v, "close"));
     Ok(Response {
         lease: None,
         sent: sent_bytes,
