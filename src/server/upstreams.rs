@@ -9,7 +9,6 @@
 //! is `down`, out after `max_fails` failures within `fail_timeout`, at its `max_conns`, or
 //! already tried by this request; backups are tried when no primary server can be.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,12 +17,15 @@ use crate::plan::{Balance, Peer, PeerAddr, Upstream};
 
 #[derive(Default)]
 pub struct Upstreams {
-    groups: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
+    groups: Mutex<crate::plan::LookupMap<String, Arc<Mutex<Group>>>>,
 }
 
 /// One group's state. Rebuilt when the plan's group changes, carrying each server's health
 /// and connection count over by address.
 struct Group {
+    /// The plan's group this state was made for: while it is the one asked for, its
+    /// servers need no comparing (a reload makes a new one).
+    from: std::sync::Weak<Upstream>,
     servers: Vec<Peer>,
     tiers: [Tier; 2],
     /// `hash ... consistent`: the ring of (point, primary index), sorted, points unique.
@@ -119,6 +121,7 @@ impl Group {
             _ => Vec::new(),
         };
         Group {
+            from: std::sync::Weak::new(),
             servers: up.servers.clone(),
             tiers,
             ring,
@@ -214,20 +217,28 @@ pub struct Lease {
 }
 
 impl Upstreams {
-    fn group(&self, up: &Upstream) -> Arc<Mutex<Group>> {
+    fn group(&self, up: &Arc<Upstream>) -> Arc<Mutex<Group>> {
         let mut groups = lock(&self.groups);
         if let Some(g) = groups.get(&up.name) {
             let mut state = lock(g);
+            if std::ptr::eq(state.from.as_ptr(), Arc::as_ptr(up)) {
+                drop(state);
+                return g.clone();
+            }
             if state.servers == up.servers {
+                state.from = Arc::downgrade(up);
                 drop(state);
                 return g.clone();
             }
             // The group changed under the same name (a reload): carry what can be carried.
             *state = Group::new(up, Some(&state));
+            state.from = Arc::downgrade(up);
             drop(state);
             return g.clone();
         }
-        let g = Arc::new(Mutex::new(Group::new(up, None)));
+        let mut group = Group::new(up, None);
+        group.from = Arc::downgrade(up);
+        let g = Arc::new(Mutex::new(group));
         groups.insert(up.name.clone(), g.clone());
         g
     }
@@ -236,7 +247,7 @@ impl Upstreams {
     /// evaluated `hash` key. `cap` is `proxy_next_upstream_tries` (0: no cap).
     pub fn select(
         &self,
-        up: &Upstream,
+        up: &Arc<Upstream>,
         client: Option<IpAddr>,
         key: Option<&str>,
         cap: usize,
