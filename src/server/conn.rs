@@ -234,7 +234,7 @@ where
         .unwrap_or_else(|| shared.plan.load_full());
     let socket = socket_of(&plan, local, configured);
     // nginx refuses TRACE, and CONNECT (405, or 400 without a port).
-    let refused = match head.method.as_str() {
+    let refused = match &*head.method {
         "TRACE" => Some(405),
         "CONNECT" if !head.target.contains(':') || head.target.starts_with('/') => Some(400),
         "CONNECT" => Some(405),
@@ -862,7 +862,7 @@ where
         // A URI is requested again as GET (HEAD stays); a named location keeps the method.
         let mut head = ex.head.clone();
         if head.method != "HEAD" && !target.starts_with('@') {
-            head.method = "GET".to_string();
+            head.method = "GET".into();
         }
         let mut request = *ex.request;
         request.method = &head.method;

@@ -46,7 +46,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let s = &ex.conf.settings;
-    let method = ex.head.method.as_str();
+    let method = &*ex.head.method;
     // gzip_static: `file.gz` instead, for a client that takes gzip.
     let mut vary = false;
     let mut gzipped = None;

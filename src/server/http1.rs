@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
-    pub method: String,
+    /// Borrowed for the usual methods: no allocation for them.
+    pub method: Cow<'static, str>,
     pub target: String,
     /// (major, minor)
     pub version: (u8, u8),
@@ -144,7 +145,16 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refus
             Ok(None)
         }
         Ok(httparse::Status::Complete(len)) => {
-            let method = req.method.unwrap_or("").to_string();
+            let method: Cow<'static, str> = match req.method.unwrap_or("") {
+                "GET" => "GET".into(),
+                "HEAD" => "HEAD".into(),
+                "POST" => "POST".into(),
+                "PUT" => "PUT".into(),
+                "DELETE" => "DELETE".into(),
+                "OPTIONS" => "OPTIONS".into(),
+                "PATCH" => "PATCH".into(),
+                m => m.to_string().into(),
+            };
             if method.is_empty()
                 || !method
                     .bytes()
@@ -474,7 +484,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            (h.method.as_str(), h.target.as_str(), h.version),
+            (&*h.method, h.target.as_str(), h.version),
             ("GET", "/a?b", (1, 1))
         );
         assert_eq!(h.headers.len(), 2);

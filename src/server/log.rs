@@ -313,7 +313,7 @@ impl Resolve for Entry<'_> {
                 p => Cow::Owned(p.to_string()),
             },
             Var::Request => Cow::Owned(format!("{} {} {}", h.method, h.target, h.version_text())),
-            Var::RequestMethod => Cow::Borrowed(h.method.as_str()),
+            Var::RequestMethod => Cow::Borrowed(&*h.method),
             Var::RequestUri => Cow::Borrowed(h.target.as_str()),
             Var::Uri => Cow::Borrowed(d.uri.as_str()),
             Var::Args => Cow::Borrowed(d.args.as_str()),

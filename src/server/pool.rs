@@ -49,7 +49,7 @@ impl Pool {
     }
 
     /// Keeps `conn` for reuse, dropping the least recently used past `max` idle connections.
-    pub fn put(&self, group: &str, peer: &str, conn: Conn, max: usize) {
+    pub fn put(&self, group: &str, peer: String, conn: Conn, max: usize) {
         let Ok(mut groups) = self.groups.lock() else {
             return;
         };
@@ -61,7 +61,7 @@ impl Pool {
             return;
         };
         idle.push_back((
-            peer.to_string(),
+            peer,
             Idle {
                 conn,
                 since: Instant::now(),
@@ -99,7 +99,7 @@ mod tests {
     fn keeps_at_most_max_and_by_peer() {
         let pool = Pool::default();
         for _ in 0..3 {
-            pool.put("app", "a:1", conn(), 2);
+            pool.put("app", "a:1".to_string(), conn(), 2);
         }
         assert_eq!(pool.idle("app"), 2);
         assert!(pool.take("app", "b:1", Duration::from_secs(60)).is_none());

@@ -135,7 +135,7 @@ where
     };
     let head = request_head(request, ex.framing, &body);
     let next = s.proxy_next_upstream();
-    let idempotent = !matches!(ex.head.method.as_str(), "POST" | "LOCK" | "PATCH");
+    let idempotent = !matches!(&*ex.head.method, "POST" | "LOCK" | "PATCH");
     let head_only = request.method == "HEAD";
     let mut last = Failure::Error;
     let started = Instant::now();
@@ -174,7 +174,7 @@ where
                 }
             },
             None => match direct.take() {
-                Some(peer) => (peer, None),
+                Some(peer) => (Arc::new(peer), None),
                 None => break,
             },
         };
@@ -1145,7 +1145,7 @@ fn release(conn: Conn, r: &mut Response, body: &Body, shared: &Shared) {
         && conn.requests < k.requests
         && conn.opened.elapsed() < ms(k.time)
     {
-        shared.pool.put(&group, &peer, conn, k.connections as usize);
+        shared.pool.put(&group, peer, conn, k.connections as usize);
     }
 }
 

@@ -40,7 +40,8 @@ struct Tier {
 
 /// nginx's `ngx_http_upstream_rr_peer_t`, less the address.
 struct Slot {
-    peer: Peer,
+    /// Shared with each lease of it: a lease costs a count, not a copy of the address.
+    peer: Arc<Peer>,
     current_weight: i64,
     effective_weight: i64,
     conns: u32,
@@ -54,7 +55,7 @@ struct Slot {
 impl Slot {
     fn new(peer: &Peer) -> Slot {
         Slot {
-            peer: peer.clone(),
+            peer: Arc::new(peer.clone()),
             current_weight: 0,
             effective_weight: peer.weight as i64,
             conns: 0,
@@ -212,7 +213,7 @@ pub struct Lease {
     group: Arc<Mutex<Group>>,
     tier: usize,
     index: usize,
-    pub peer: Peer,
+    pub peer: Arc<Peer>,
     reported: bool,
 }
 
