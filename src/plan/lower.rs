@@ -410,15 +410,7 @@ impl<'a> Lowerer<'a> {
                 }
             }
         };
-        let mut p = Peer {
-            addr,
-            weight: 1,
-            max_fails: 1,
-            fail_timeout: 10,
-            backup: false,
-            down: false,
-            max_conns: 0,
-        };
+        let mut p = Peer::new(addr);
         for &param in &a[1..] {
             let bad = |l: &mut Self| {
                 l.error(d, "invalid-value", format!("invalid parameter \"{param}\""))
@@ -1439,15 +1431,7 @@ impl<'a> Lowerer<'a> {
                     Arc::new(Upstream {
                         name: name.clone(),
                         implicit: true,
-                        servers: vec![Peer {
-                            addr,
-                            weight: 1,
-                            max_fails: 1,
-                            fail_timeout: 10,
-                            backup: false,
-                            down: false,
-                            max_conns: 0,
-                        }],
+                        servers: vec![Peer::new(addr)],
                         balance: Balance::RoundRobin,
                         keepalive: None,
                         place: Place {

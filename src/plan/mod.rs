@@ -287,6 +287,9 @@ pub struct Upstream {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Peer {
     pub addr: PeerAddr,
+    /// `addr` as `$upstream_addr` shows it, written once when the plan is built.
+    #[serde(skip)]
+    pub text: String,
     pub weight: u32,
     pub max_fails: u32,
     /// Seconds.
@@ -307,6 +310,22 @@ pub enum PeerAddr {
     Unix {
         path: String,
     },
+}
+
+impl Peer {
+    /// A server with nginx's defaults (weight 1, max_fails 1, fail_timeout 10s).
+    pub fn new(addr: PeerAddr) -> Peer {
+        Peer {
+            text: addr.text(),
+            addr,
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: 10,
+            backup: false,
+            down: false,
+            max_conns: 0,
+        }
+    }
 }
 
 impl PeerAddr {

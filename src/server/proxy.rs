@@ -182,13 +182,12 @@ where
         if let Some(prev) = states.last_mut() {
             prev.response.get_or_insert(prev.started.elapsed());
         }
-        // Written once per attempt: `$upstream_addr` and the keep-alive pool's key.
-        let addr = peer.addr.text();
-        states.push(state(addr.clone()));
+        // `$upstream_addr` and the keep-alive pool's key, written when the plan was built.
+        states.push(state(peer.text.clone()));
         let mut connected = None;
         let target = Target {
             group: upstream,
-            addr: &addr,
+            addr: &peer.text,
             peer: &peer,
             keepalive: keepalive.as_ref(),
             https: pass.https,
@@ -362,15 +361,7 @@ fn direct_peer(authority: &str, https: bool) -> Option<Peer> {
             crate::config::env::upstream_host(authority, if https { 443 } else { 80 })?;
         PeerAddr::Tcp { host, port }
     };
-    Some(Peer {
-        addr,
-        weight: 1,
-        max_fails: 1,
-        fail_timeout: 10,
-        backup: false,
-        down: false,
-        max_conns: 0,
-    })
+    Some(Peer::new(addr))
 }
 
 /// The request line and headers the upstream gets. A chunked body read whole goes with its

@@ -746,6 +746,7 @@ fn resolve_peers(plan: &mut crate::plan::Plan) {
                     host: a.ip().to_string(),
                     port: a.port(),
                 };
+                q.text = q.addr.text();
                 servers.push(q);
             }
         }
