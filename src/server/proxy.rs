@@ -236,7 +236,7 @@ where
                     continue;
                 }
                 response.lease = lease;
-                note_upstream(ex, &states);
+                note_upstream(ex, std::mem::take(&mut states));
                 // X-Accel-Redirect: the upstream names what to serve instead.
                 let ignored = s
                     .proxy_ignore_headers()
@@ -286,7 +286,7 @@ where
                 return deliver(io, ex, decision, response, plan, shared).await;
             }
             Err(Failure::Client(status)) => {
-                note_upstream(ex, &states);
+                note_upstream(ex, std::mem::take(&mut states));
                 return client_failed(io, ex, BodyError::Refused(status)).await;
             }
             Err(Failure::ClientGone(e)) => {
@@ -295,7 +295,7 @@ where
                     st.status = None;
                     st.response.get_or_insert(st.started.elapsed());
                 }
-                note_upstream(ex, &states);
+                note_upstream(ex, std::mem::take(&mut states));
                 ex.record(499, 0, 0);
                 return Err(e);
             }
@@ -319,7 +319,7 @@ where
     if let Some(last) = states.last_mut() {
         last.response.get_or_insert(last.started.elapsed());
     }
-    note_upstream(ex, &states);
+    note_upstream(ex, std::mem::take(&mut states));
     super::conn::serve_error(io, buf, ex, decision, plan, shared, status, Vec::new()).await
 }
 
@@ -1244,9 +1244,9 @@ fn note_body(ex: &Exchange<'_>, body: &ReqBody) {
     }
 }
 
-fn note_upstream(ex: &Exchange<'_>, states: &[UpstreamState]) {
+fn note_upstream(ex: &Exchange<'_>, states: Vec<UpstreamState>) {
     if let Ok(mut s) = ex.served.lock() {
-        s.upstreams = states.to_vec();
+        s.upstreams = states;
     }
 }
 
