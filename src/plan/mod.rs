@@ -316,7 +316,7 @@ impl Peer {
     /// A server with nginx's defaults (weight 1, max_fails 1, fail_timeout 10s).
     pub fn new(addr: PeerAddr) -> Peer {
         Peer {
-            text: addr.text(),
+            text: addr.to_string(),
             addr,
             weight: 1,
             max_fails: 1,
@@ -324,41 +324,6 @@ impl Peer {
             backup: false,
             down: false,
             max_conns: 0,
-        }
-    }
-}
-
-impl PeerAddr {
-    /// The address as `$upstream_addr` shows it, as Display writes it, without the
-    /// formatter's machinery (it is written for every attempt).
-    pub fn text(&self) -> String {
-        match self {
-            PeerAddr::Tcp { host, port } => {
-                let mut out = String::with_capacity(host.len() + 8);
-                let v6 = host.as_bytes().contains(&b':');
-                if v6 {
-                    out.push('[');
-                }
-                out.push_str(host);
-                if v6 {
-                    out.push(']');
-                }
-                out.push(':');
-                let mut digits = [0u8; 5];
-                let mut at = digits.len();
-                let mut p = *port;
-                loop {
-                    at -= 1;
-                    digits[at] = b'0' + (p % 10) as u8;
-                    p /= 10;
-                    if p == 0 {
-                        break;
-                    }
-                }
-                out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
-                out
-            }
-            PeerAddr::Unix { path } => format!("unix:{path}"),
         }
     }
 }
@@ -440,28 +405,4 @@ pub fn build(compiled: &mut crate::config::Compiled, options: &LowerOptions) -> 
     }
     compiled.diagnostics.splice(end..end, fresh);
     plan
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peer_text_is_what_display_writes() {
-        let tcp = |host: &str, port| PeerAddr::Tcp {
-            host: host.to_string(),
-            port,
-        };
-        for addr in [
-            tcp("127.0.0.1", 8000),
-            tcp("app", 0),
-            tcp("10.0.0.1", 65535),
-            tcp("::1", 80),
-            PeerAddr::Unix {
-                path: "/run/gunicorn.sock".to_string(),
-            },
-        ] {
-            assert_eq!(addr.text(), addr.to_string());
-        }
-    }
 }

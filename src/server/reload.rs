@@ -746,7 +746,7 @@ fn resolve_peers(plan: &mut crate::plan::Plan) {
                     host: a.ip().to_string(),
                     port: a.port(),
                 };
-                q.text = q.addr.text();
+                q.text = q.addr.to_string();
                 servers.push(q);
             }
         }
