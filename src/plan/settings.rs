@@ -423,8 +423,9 @@ settings! {
     /// Certificate files (full paths), paired in order with `ssl_certificate_key`.
     ssl_certificate: Vec<String> = Vec::new();
     ssl_certificate_key: Vec<String> = Vec::new();
-    /// nginx 1.22's default; 1.23.4 dropped TLSv1 and TLSv1.1 (rustls never offers them).
-    ssl_protocols: Vec<String> = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"].map(String::from).to_vec();
+    /// nginx 1.22's default, without TLSv1.3 (1.23.4 added it and dropped TLSv1 and TLSv1.1,
+    /// which rustls never offers): so TLSv1.2 only unless the configuration says more.
+    ssl_protocols: Vec<String> = ["TLSv1", "TLSv1.1", "TLSv1.2"].map(String::from).to_vec();
     ssl_ciphers: String = "HIGH:!aNULL:!MD5".to_string();
     ssl_prefer_server_ciphers: bool = false;
     /// `off`, `none`, or the sizes of `builtin[:N]` / `shared:NAME:SIZE` caches in sessions.

@@ -97,6 +97,7 @@ fn certificates_follow_sni_and_variables_say_https() {
         &format!(
             "ssl_certificate {d}/localhost.pem; ssl_certificate_key {d}/localhost.key;
              ssl_session_cache shared:SSL:1m; ssl_session_timeout 1d;
+             ssl_protocols TLSv1.2 TLSv1.3;
              ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256;
              ssl_prefer_server_ciphers off;
              server {{ listen 127.0.0.1:0 ssl; server_name localhost;
@@ -218,6 +219,24 @@ fn ssl_protocols_limits_versions() {
         rustls::ProtocolVersion::TLSv1_3
     );
     assert!(https_get(p.port(), "localhost", "/", TLS12).is_err());
+
+    // Without ssl_protocols, nginx 1.22's default: TLSv1.2 (its TLSv1 and TLSv1.1 are not
+    // spoken; TLSv1.3 joined the default only in 1.23.4).
+    let p = Portico::start(
+        "tls-protocols-default",
+        &format!(
+            "server {{ listen 127.0.0.1:0 ssl;
+                 ssl_certificate {d}/localhost.pem; ssl_certificate_key {d}/localhost.key;
+                 return 200 ok; }}",
+            d = d.display()
+        ),
+    );
+    assert_eq!(
+        https_get(p.port(), "localhost", "/", ALL).unwrap().version,
+        rustls::ProtocolVersion::TLSv1_2
+    );
+    const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    assert!(https_get(p.port(), "localhost", "/", TLS13).is_err());
 }
 
 #[test]
