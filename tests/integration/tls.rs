@@ -205,15 +205,19 @@ fn sni_picks_among_servers_of_one_socket_and_can_reject() {
 #[test]
 fn ssl_protocols_limits_versions() {
     let d = tls_dir();
-    let p = Portico::start(
-        "tls-protocols",
-        &format!(
-            "server {{ listen 127.0.0.1:0 ssl; ssl_protocols TLSv1.3;
-                 ssl_certificate {d}/localhost.pem; ssl_certificate_key {d}/localhost.key;
-                 return 200 ok; }}",
-            d = d.display()
-        ),
-    );
+    // One TLS server, with `protocols` (an ssl_protocols line, or nothing) in it.
+    let start = |name: &str, protocols: &str| {
+        Portico::start(
+            name,
+            &format!(
+                "server {{ listen 127.0.0.1:0 ssl; {protocols}
+                     ssl_certificate {d}/localhost.pem; ssl_certificate_key {d}/localhost.key;
+                     return 200 ok; }}",
+                d = d.display()
+            ),
+        )
+    };
+    let p = start("tls-protocols", "ssl_protocols TLSv1.3;");
     assert_eq!(
         https_get(p.port(), "localhost", "/", ALL).unwrap().version,
         rustls::ProtocolVersion::TLSv1_3
@@ -222,15 +226,7 @@ fn ssl_protocols_limits_versions() {
 
     // Without ssl_protocols, nginx 1.22's default: TLSv1.2 (its TLSv1 and TLSv1.1 are not
     // spoken; TLSv1.3 joined the default only in 1.23.4).
-    let p = Portico::start(
-        "tls-protocols-default",
-        &format!(
-            "server {{ listen 127.0.0.1:0 ssl;
-                 ssl_certificate {d}/localhost.pem; ssl_certificate_key {d}/localhost.key;
-                 return 200 ok; }}",
-            d = d.display()
-        ),
-    );
+    let p = start("tls-protocols-default", "");
     assert_eq!(
         https_get(p.port(), "localhost", "/", ALL).unwrap().version,
         rustls::ProtocolVersion::TLSv1_2
