@@ -66,6 +66,8 @@ where
             connection: CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             opened: std::time::Instant::now(),
             keepalive_wait: None,
+            timer: None,
+            bell: None,
         };
         loop {
             // Between requests: a removed listener or a shutdown ends the connection.
@@ -104,10 +106,10 @@ where
                     // timeout shares the read's timer, and the idle task stays 0.2 KiB
                     // smaller than with the helper's own future beside the read.
                     let mut retire_at = None;
+                    let bell = conn
+                        .bell
+                        .get_or_insert_with(|| super::drain::Bell::join(conn.connection));
                     let ready = loop {
-                        let woken = super::drain::woken();
-                        tokio::pin!(woken);
-                        woken.as_mut().enable();
                         if idle && shared.drain.closing(&configured) {
                             break false;
                         }
@@ -117,15 +119,28 @@ where
                         }
                         let until =
                             retire_at.map_or(deadline, |r: tokio::time::Instant| r.min(deadline));
+                        // One timer for the connection's life, moved only when it must fire
+                        // sooner: a later deadline is met by re-arming when it fires early
+                        // (nginx's lazy timer). Registering one in tokio's wheel per request
+                        // and removing it cost more than the rest of the wait.
+                        let timer = conn
+                            .timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                        if timer.deadline() > until {
+                            timer.as_mut().reset(until);
+                        }
                         tokio::select! {
                             biased;
                             // poll_read_ready keeps the waker in the socket's registration:
                             // the future is a pointer, where readable() holds a waiter node.
-                            r = tokio::time::timeout_at(
-                                until,
-                                std::future::poll_fn(|cx| tcp.poll_read_ready(cx)),
-                            ) => break matches!(r, Ok(Ok(()))),
-                            _ = &mut woken => continue,
+                            r = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)) => break r.is_ok(),
+                            _ = timer.as_mut() => {
+                                if tokio::time::Instant::now() >= until {
+                                    break false;
+                                }
+                                timer.as_mut().reset(until);
+                            }
+                            _ = std::future::poll_fn(|cx| bell.poll_rung(cx)) => continue,
                         }
                     };
                     if !ready {
@@ -133,19 +148,24 @@ where
                     }
                 }
             }
-            let next = Box::pin(next_request(
-                &mut io,
-                &mut conn,
-                Wait {
-                    deadline,
-                    idle,
-                    waiting,
-                    generation,
-                },
-                default_conf,
-                (peer, &local, &configured),
-                &shared,
-                &tls,
+            // Written into its allocation: `Box::pin(f())` builds the 2 KiB future on the
+            // stack and copies it over.
+            let next = Box::into_pin(Box::write(
+                Box::new_uninit(),
+                next_request(
+                    &mut io,
+                    &mut conn,
+                    Wait {
+                        deadline,
+                        idle,
+                        waiting,
+                        generation,
+                    },
+                    default_conf,
+                    (peer, &local, &configured),
+                    &shared,
+                    &tls,
+                ),
             ));
             if !next.await {
                 return;
@@ -162,6 +182,10 @@ struct Conn {
     opened: std::time::Instant,
     /// The keep-alive wait after a request is its location's keepalive_timeout.
     keepalive_wait: Option<u64>,
+    /// The idle wait's timer, made at the first wait (boxed: the waiting task stays small).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// What wakes the idle wait when the connection must close instead (made with the timer).
+    bell: Option<super::drain::Bell>,
 }
 
 /// How long the next request's head may take, and what ends the wait for it.
@@ -193,7 +217,7 @@ where
     };
     let buf = &mut conn.buf;
     let read = {
-        let read = tokio::time::timeout_at(w.deadline, async {
+        let read = super::deadline::by(w.deadline, async {
             if buf.is_empty()
                 && let Some(tcp) =
                     (&mut *io as &mut dyn std::any::Any).downcast_mut::<tokio::net::TcpStream>()
@@ -213,7 +237,7 @@ where
         Some(r) => r,
         None if buf.is_empty() => return false,
         // Part of a request had come: it is read to its end and answered.
-        None => tokio::time::timeout_at(w.deadline, http1::read_head(io, buf, limits)).await,
+        None => super::deadline::by(w.deadline, http1::read_head(io, buf, limits)).await,
     };
     let (head, len) = match read {
         Err(_) | Ok(Err(_)) | Ok(Ok(Ok(None))) => return false,
@@ -309,6 +333,10 @@ async fn handle<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // One reading of the clock for the request: its start ($request_time), and the
+    // connection's age for $connection_time and keepalive_time.
+    let started = std::time::Instant::now();
+    let age = started.saturating_duration_since(opened);
     let version = head.version_text();
     let request = route::Request {
         method: &head.method,
@@ -328,7 +356,7 @@ where
         connection,
         explain: false,
         requests: served_count,
-        connection_ms: opened.elapsed().as_millis() as u64,
+        connection_ms: age.as_millis() as u64,
     };
     // Routing's log lines go to the error_log of the location it chose, as what serving logs.
     let (decision, lines) =
@@ -347,7 +375,7 @@ where
     let keepalive = head.wants_keepalive()
         && s.keepalive_timeout().0 > 0
         && served_count < s.keepalive_requests()
-        && opened.elapsed() <= Duration::from_millis(s.keepalive_time())
+        && age <= Duration::from_millis(s.keepalive_time())
         && !keepalive_disabled(head, s)
         && !shared.drain.closing(socket);
     // nginx refuses a declared body larger than client_max_body_size before anything else.
@@ -372,7 +400,6 @@ where
         upstream_headers: plan.log_upstream_headers,
         preserved: &[],
     };
-    let started = std::time::Instant::now();
     // The request's own error_log, when it has one; else the main log, which is what an
     // unscoped task writes to anyway (and one wrapper fewer to build and move). Each arm
     // builds its future where it awaits it: no copy of it waits beside the other.

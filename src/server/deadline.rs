@@ -14,17 +14,33 @@ pub struct Elapsed;
 /// The limit then counts from the first time `fut` had to wait.
 pub async fn within<F: Future>(wait: Duration, fut: F) -> Result<F::Output, Elapsed> {
     let mut fut = std::pin::pin!(fut);
-    let first = std::future::poll_fn(|cx| {
+    match first_poll(fut.as_mut()).await {
+        Some(v) => Ok(v),
+        None => tokio::time::timeout(wait, fut).await.map_err(|_| Elapsed),
+    }
+}
+
+/// `tokio::time::timeout_at`, with no timer set when `fut` is done at its first poll (a
+/// request's head that is all in the socket already).
+pub async fn by<F: Future>(deadline: tokio::time::Instant, fut: F) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    match first_poll(fut.as_mut()).await {
+        Some(v) => Ok(v),
+        None => tokio::time::timeout_at(deadline, fut)
+            .await
+            .map_err(|_| Elapsed),
+    }
+}
+
+/// `fut` polled once: its output if it had it.
+async fn first_poll<F: Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
         Poll::Ready(match fut.as_mut().poll(cx) {
             Poll::Ready(v) => Some(v),
             Poll::Pending => None,
         })
     })
-    .await;
-    match first {
-        Some(v) => Ok(v),
-        None => tokio::time::timeout(wait, fut).await.map_err(|_| Elapsed),
-    }
+    .await
 }
 
 #[cfg(test)]
@@ -38,5 +54,9 @@ mod tests {
         assert_eq!(within(Duration::from_millis(5), slow).await, Err(Elapsed));
         let in_time = tokio::time::sleep(Duration::from_millis(3));
         assert_eq!(within(Duration::from_millis(5), in_time).await, Ok(()));
+        let soon = tokio::time::Instant::now() + Duration::from_millis(5);
+        assert_eq!(by(soon, async { 7 }).await, Ok(7));
+        let slow = tokio::time::sleep(Duration::from_secs(60));
+        assert_eq!(by(soon, slow).await, Err(Elapsed));
     }
 }

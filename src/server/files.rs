@@ -318,9 +318,7 @@ fn etag_of(mtime: i64, size: u64) -> String {
     // A time before 1970 is written as nginx writes it, in two's complement.
     hex(&mut out, &mut at, mtime as u64);
     put(&mut out, &mut at, b'"');
-    std::str::from_utf8(&out[at..])
-        .unwrap_or_default()
-        .to_string()
+    crate::plan::uri::text(&out[at..]).into_owned()
 }
 
 /// `Last-Modified` of a file, remembered for the last time asked: a site's files are
