@@ -66,7 +66,7 @@ where
             connection: CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             opened: std::time::Instant::now(),
             keepalive_wait: None,
-            timer: None,
+            timer: Default::default(),
             bell: None,
         };
         loop {
@@ -119,27 +119,12 @@ where
                         }
                         let until =
                             retire_at.map_or(deadline, |r: tokio::time::Instant| r.min(deadline));
-                        // One timer for the connection's life, moved only when it must fire
-                        // sooner: a later deadline is met by re-arming when it fires early
-                        // (nginx's lazy timer). Registering one in tokio's wheel per request
-                        // and removing it cost more than the rest of the wait.
-                        let timer = conn
-                            .timer
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                        if timer.deadline() > until {
-                            timer.as_mut().reset(until);
-                        }
                         tokio::select! {
                             biased;
                             // poll_read_ready keeps the waker in the socket's registration:
                             // the future is a pointer, where readable() holds a waiter node.
                             r = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)) => break r.is_ok(),
-                            _ = timer.as_mut() => {
-                                if tokio::time::Instant::now() >= until {
-                                    break false;
-                                }
-                                timer.as_mut().reset(until);
-                            }
+                            _ = conn.timer.until(until) => break false,
                             _ = std::future::poll_fn(|cx| bell.poll_rung(cx)) => continue,
                         }
                     };
@@ -182,8 +167,8 @@ struct Conn {
     opened: std::time::Instant,
     /// The keep-alive wait after a request is its location's keepalive_timeout.
     keepalive_wait: Option<u64>,
-    /// The idle wait's timer, made at the first wait (boxed: the waiting task stays small).
-    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The idle wait's timer.
+    timer: super::deadline::Lazy,
     /// What wakes the idle wait when the connection must close instead (made with the timer).
     bell: Option<super::drain::Bell>,
 }
@@ -595,7 +580,12 @@ where
             Box::pin(files::listing(io, buf, &ex, &decision, plan, shared, path)).await
         }
         Outcome::Proxy { .. } => {
-            Box::pin(proxy::serve(io, buf, &ex, &decision, plan, shared)).await
+            // Written into its allocation (see `serve`).
+            Box::into_pin(Box::write(
+                Box::new_uninit(),
+                proxy::serve(io, buf, &ex, &decision, plan, shared),
+            ))
+            .await
         }
     }
 }

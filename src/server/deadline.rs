@@ -43,6 +43,39 @@ async fn first_poll<F: Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Outp
     .await
 }
 
+/// A timer kept for a connection's life and moved only when it must fire sooner (nginx's lazy
+/// timer): a later deadline is met by re-arming it when it fires early. A wait per request
+/// (a keep-alive wait, an upstream's answer) then costs no registration in tokio's wheel and
+/// no removal from it, which cost more than the rest of the wait. Boxed, made at the first
+/// wait: a connection that waits on it holds a pointer.
+#[derive(Default)]
+pub struct Lazy(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl Lazy {
+    /// Resolves at `deadline`, not before.
+    pub async fn until(&mut self, deadline: tokio::time::Instant) {
+        let timer = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        loop {
+            timer.as_mut().await;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl std::fmt::Debug for Lazy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lazy")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +91,26 @@ mod tests {
         assert_eq!(by(soon, async { 7 }).await, Ok(7));
         let slow = tokio::time::sleep(Duration::from_secs(60));
         assert_eq!(by(soon, slow).await, Err(Elapsed));
+    }
+
+    #[tokio::test]
+    async fn a_lazy_timer_fires_at_each_deadline_not_before() {
+        use tokio::time::Instant;
+        let mut timer = Lazy::default();
+        let start = Instant::now();
+        timer.until(start + Duration::from_millis(5)).await;
+        assert!(start.elapsed() >= Duration::from_millis(5));
+        // A later deadline: the timer fired already, and is re-armed rather than done.
+        let later = Instant::now() + Duration::from_millis(20);
+        timer.until(later).await;
+        assert!(Instant::now() >= later);
+        // A sooner one than it is set for moves it.
+        let far = Instant::now() + Duration::from_secs(60);
+        let near = Instant::now() + Duration::from_millis(5);
+        let wait = tokio::time::timeout(Duration::from_millis(1), timer.until(far)).await;
+        assert!(wait.is_err());
+        let before = Instant::now();
+        timer.until(near).await;
+        assert!(before.elapsed() < Duration::from_secs(5));
     }
 }

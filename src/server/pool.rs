@@ -18,6 +18,8 @@ pub struct Conn {
     pub requests: u64,
     /// When it was opened (`keepalive_time`).
     pub opened: Instant,
+    /// The wait for the upstream's answers (`proxy_read_timeout`).
+    pub timer: super::deadline::Lazy,
 }
 
 struct Idle {
@@ -92,6 +94,7 @@ mod tests {
             io: Box::new(a),
             requests: 1,
             opened: Instant::now(),
+            timer: Default::default(),
         }
     }
 

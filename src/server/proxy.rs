@@ -526,6 +526,7 @@ where
                         io,
                         requests: 0,
                         opened: Instant::now(),
+                        timer: Default::default(),
                     }
                 }
             },
@@ -657,19 +658,22 @@ where
     let limit = (s.proxy_buffer_size() as usize).max(1024);
     let mut got = Vec::with_capacity(16384);
     let watch_client = !s.proxy_ignore_client_abort();
+    // proxy_read_timeout runs between two reads from the upstream.
+    let mut deadline = None;
     let (status, version, headers, consumed) = loop {
         if got.capacity() - got.len() < 4096 {
             got.reserve(16384);
         }
+        let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout);
         // While the upstream thinks, a client that closes ends the request (nginx's broken
         // connection check, 499); what a client sends meanwhile is its next request, kept.
-        let read = tokio::time::timeout(read_timeout, conn.io.read_buf(&mut got));
         let n = tokio::select! {
-            r = read => match r {
-                Err(_) => return Err((Failure::Timeout, false)),
-                Ok(Err(_)) => return Err((Failure::Error, got.is_empty())),
-                Ok(Ok(n)) => n,
+            biased;
+            r = conn.io.read_buf(&mut got) => match r {
+                Err(_) => return Err((Failure::Error, got.is_empty())),
+                Ok(n) => n,
             },
+            _ = conn.timer.until(until) => return Err((Failure::Timeout, false)),
             c = io.read_buf(buf), if watch_client && buf.len() < 65536 => match c {
                 Ok(0) => {
                     let gone = std::io::Error::new(
@@ -686,6 +690,7 @@ where
             tracing::error!("upstream prematurely closed connection while reading response header");
             return Err((Failure::Error, got.is_empty()));
         }
+        deadline = None;
         // Uninitialised slots: httparse writes only those it fills (100 zeroed ones were
         // 3 KiB to clear for every read of a response head).
         let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
@@ -872,14 +877,35 @@ async fn deliver<S: AsyncWrite + Unpin>(
     if !pass.iter().any(|h| h == "date") {
         headers.push(("Date".into(), super::http1::date_now().into()));
     }
+    // X-Accel-Buffering from the upstream turns buffering on or off for this response.
+    let ignored = s.proxy_ignore_headers();
+    let buffering = match r.header("x-accel-buffering") {
+        Some(v)
+            if !ignored
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("x-accel-buffering")) =>
+        {
+            v.eq_ignore_ascii_case("yes")
+        }
+        _ => s.proxy_buffering(),
+    };
+    // The upstream's lines move into the answer; copied only when something reads them
+    // after (the log's $upstream_http_NAME, a late add_header).
+    let mut upstream = if ex.upstream_headers || !decision.late_headers.is_empty() {
+        r.headers.clone()
+    } else {
+        std::mem::take(&mut r.headers)
+    };
     // Content-Type keeps its place first among the upstream's headers, as in nginx.
-    if let Some(ct) = r
-        .headers
-        .iter()
+    if let Some((n, v)) = upstream
+        .iter_mut()
         .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
     {
-        let value = super::conn::with_charset(&ct.1, r.status, s).into_owned();
-        headers.push((ct.0.clone().into(), value.into()));
+        let value = match super::conn::with_charset(v, r.status, s) {
+            std::borrow::Cow::Borrowed(_) => std::mem::take(v),
+            std::borrow::Cow::Owned(v) => v,
+        };
+        headers.push((std::mem::take(n).into(), value.into()));
     }
     match framing {
         ClientFraming::Length(n) => headers.push(("Content-Length".into(), n.to_string().into())),
@@ -893,10 +919,10 @@ async fn deliver<S: AsyncWrite + Unpin>(
     if keepalive {
         headers.extend(keepalive_header(ex));
     }
-    for (n, v) in &r.headers {
+    for (n, v) in upstream {
         // Compared in place: no lower-cased copy of each name.
         let is = |name: &str| n.eq_ignore_ascii_case(name);
-        if is("content-type") {
+        if n.is_empty() || is("content-type") {
             continue;
         }
         let hidden = (HIDDEN.iter().any(|h| is(h))
@@ -905,11 +931,11 @@ async fn deliver<S: AsyncWrite + Unpin>(
         if !hidden {
             let value = match &decision.outcome {
                 Outcome::Proxy { cookies, .. } if is("set-cookie") && !cookies.is_empty() => {
-                    cookies.rewrite(v)
+                    cookies.rewrite(&v)
                 }
-                _ => v.clone(),
+                _ => v,
             };
-            headers.push((n.clone().into(), value.into()));
+            headers.push((n.into(), value.into()));
         }
     }
     // expires replaces the upstream's Expires and Cache-Control where they stand.
@@ -987,18 +1013,6 @@ async fn deliver<S: AsyncWrite + Unpin>(
     }
     ex.record(r.status, head_len, 0);
     io.write_all(&out).await?;
-    // X-Accel-Buffering from the upstream turns buffering on or off for this response.
-    let ignored = s.proxy_ignore_headers();
-    let buffering = match r.header("x-accel-buffering") {
-        Some(v)
-            if !ignored
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case("x-accel-buffering")) =>
-        {
-            v.eq_ignore_ascii_case("yes")
-        }
-        _ => s.proxy_buffering(),
-    };
     let send = if client_head || bodyless {
         None
     } else {
