@@ -45,7 +45,7 @@ async fn first_poll<F: Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Outp
 
 /// A timer kept for a connection's life and moved only when it must fire sooner (nginx's lazy
 /// timer): a later deadline is met by re-arming it when it fires early. A wait per request
-/// (a keep-alive wait, an upstream's answer) then costs no registration in tokio's wheel and
+/// (an upstream's answer) then costs no registration in tokio's wheel and
 /// no removal from it, which cost more than the rest of the wait. Boxed, made at the first
 /// wait: a connection that waits on it holds a pointer.
 #[derive(Default)]

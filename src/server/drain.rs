@@ -95,7 +95,7 @@ impl Drain {
             self.any_removed.store(!r.is_empty(), Ordering::Release);
         }
         if !addrs.is_empty() {
-            ring();
+            wake().notify_waiters();
         }
     }
 
@@ -111,7 +111,7 @@ impl Drain {
 
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        ring();
+        wake().notify_waiters();
     }
 
     /// Resolves when no connection is open.
@@ -140,84 +140,11 @@ pub fn retire_plan(timeout: Option<Duration>) {
         GENERATION.store(*generation, Ordering::Release);
         *t = timeout;
     });
-    ring();
+    wake().notify_waiters();
 }
 
 /// The generation of [`retirements`], readable without its lock (asked on every request).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// Wakes every connection waiting for a request, to look again at why it waits.
-fn ring() {
-    RINGS.fetch_add(1, Ordering::SeqCst);
-    if let Ok(bells) = bells().lock() {
-        for slot in bells.values() {
-            if let Ok(waker) = slot.lock()
-                && let Some(w) = waker.as_ref()
-            {
-                w.wake_by_ref();
-            }
-        }
-    }
-    wake().notify_waiters();
-}
-
-static RINGS: AtomicU64 = AtomicU64::new(0);
-
-type Slot = Arc<Mutex<Option<std::task::Waker>>>;
-
-fn bells() -> &'static Mutex<crate::plan::LookupMap<u64, Slot>> {
-    static CELL: OnceLock<Mutex<crate::plan::LookupMap<u64, Slot>>> = OnceLock::new();
-    CELL.get_or_init(Default::default)
-}
-
-/// A connection's place among those [`ring`] wakes, for its life: waiting for a request then
-/// costs a look at its own waker, where a `Notified` joined and left a shared list (under its
-/// lock) at every wait.
-pub struct Bell {
-    slot: Slot,
-    id: u64,
-    seen: u64,
-}
-
-impl Bell {
-    /// Joins, as connection `id` (one bell per connection).
-    pub fn join(id: u64) -> Bell {
-        let slot = Slot::default();
-        if let Ok(mut bells) = bells().lock() {
-            bells.insert(id, slot.clone());
-        }
-        Bell {
-            slot,
-            id,
-            seen: RINGS.load(Ordering::SeqCst),
-        }
-    }
-
-    /// Ready once for each time (or run of times) the bell rang since it was made or last
-    /// was Ready: whatever was looked at before this poll may have changed.
-    pub fn poll_rung(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if let Ok(mut waker) = self.slot.lock()
-            && !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            *waker = Some(cx.waker().clone());
-        }
-        let rings = RINGS.load(Ordering::SeqCst);
-        if rings != self.seen {
-            self.seen = rings;
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    }
-}
-
-impl Drop for Bell {
-    fn drop(&mut self) {
-        if let Ok(mut bells) = bells().lock() {
-            bells.remove(&self.id);
-        }
-    }
-}
 
 /// Wakes every connection waiting for a request to look again: a listener closing, a
 /// shutdown, a plan retired. One small `Notified` per idle connection, where two watch receivers and their
