@@ -43,11 +43,10 @@ async fn first_poll<F: Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Outp
     .await
 }
 
-/// A timer kept for a connection's life and moved only when it must fire sooner (nginx's lazy
-/// timer): a later deadline is met by re-arming it when it fires early. A wait per request
-/// (an upstream's answer) then costs no registration in tokio's wheel and
-/// no removal from it, which cost more than the rest of the wait. Boxed, made at the first
-/// wait: a connection that waits on it holds a pointer.
+/// A timer kept for a connection's life and moved at each wait: moved later, it stays where
+/// it is in tokio's wheel (tokio re-files it when it comes due before its deadline), so a wait
+/// per request (an upstream's answer) costs no registration in the wheel and no removal from
+/// it, which cost more than the rest of the wait. Boxed, made at the first wait.
 #[derive(Default)]
 pub struct Lazy(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
 
@@ -57,16 +56,8 @@ impl Lazy {
         let timer = self
             .0
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() > deadline {
-            timer.as_mut().reset(deadline);
-        }
-        loop {
-            timer.as_mut().await;
-            if tokio::time::Instant::now() >= deadline {
-                return;
-            }
-            timer.as_mut().reset(deadline);
-        }
+        timer.as_mut().reset(deadline);
+        timer.as_mut().await
     }
 }
 

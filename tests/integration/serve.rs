@@ -296,6 +296,42 @@ fn keepalive_and_pipelining() {
     assert!(one < two && r.ends_with("/three"), "{r}");
 }
 
+/// Reads one `return` answer (its body is `ok`) off a kept connection.
+fn read_ok_answer(c: &mut TcpStream) {
+    let mut got = Vec::new();
+    let mut b = [0u8; 512];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = c.read(&mut b).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+}
+
+#[test]
+fn keepalive_timeout_closes_an_idle_connection_counting_from_its_last_request() {
+    let p = Portico::start(
+        "keepalive-timeout",
+        "server { listen 127.0.0.1:0; keepalive_timeout 1s; location / { return 200 ok; } }",
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", p.port())).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    c.write_all(get).unwrap();
+    read_ok_answer(&mut c);
+    // A second request within the timeout is served, and the wait starts again from it.
+    thread::sleep(Duration::from_millis(700));
+    c.write_all(get).unwrap();
+    read_ok_answer(&mut c);
+    let last = std::time::Instant::now();
+    let mut b = [0u8; 16];
+    assert_eq!(c.read(&mut b).unwrap(), 0, "closed after keepalive_timeout");
+    let idle = last.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(3000),
+        "closed {idle:?} after the last answer"
+    );
+}
+
 #[test]
 fn malformed_requests_get_nginx_statuses() {
     let p = Portico::start(
