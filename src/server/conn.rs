@@ -454,7 +454,7 @@ where
                 // The page's lines, for `$sent_http_NAME`.
                 let mut lines = vec![(
                     "Content-Type".into(),
-                    with_charset("text/html", status, &ex.conf.settings),
+                    with_charset("text/html", status, &ex.conf.settings).into(),
                 )];
                 lines.extend(extra.iter().cloned());
                 ex.note_headers(&lines);
@@ -724,14 +724,17 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     let bodyless = status == 204 || status == 304 || (100..200).contains(&status);
     if !bodyless {
         if let Some(ct) = preserved_type(ex) {
-            headers.push(("Content-Type".into(), ct.to_string().into()));
+            headers.push(("Content-Type".into(), http1::Text::copy(ct)));
         } else if !content_type.is_empty() {
             headers.push((
                 "Content-Type".into(),
-                with_charset(content_type, status, s).into_owned().into(),
+                http1::Text::copy(&with_charset(content_type, status, s)),
             ));
         }
-        headers.push(("Content-Length".into(), body.len().to_string().into()));
+        headers.push((
+            "Content-Length".into(),
+            http1::Text::number(body.len() as u64),
+        ));
     }
     headers.push(connection_header(ex));
     headers.extend(keepalive_header(ex));
@@ -1044,9 +1047,12 @@ async fn error_page_with<S: AsyncWrite + Unpin>(
         ("Date".into(), super::http1::date_now().into()),
         (
             "Content-Type".into(),
-            with_charset("text/html", status, &conf.settings),
+            with_charset("text/html", status, &conf.settings).into(),
         ),
-        ("Content-Length".into(), body.len().to_string().into()),
+        (
+            "Content-Length".into(),
+            http1::Text::number(body.len() as u64),
+        ),
         (
             "Connection".into(),
             if keepalive { "keep-alive" } else { "close" }.into(),

@@ -7,7 +7,6 @@
 //! Errors met here (a missing file, a refused symlink, a failed precondition) go through
 //! `error_page` like any other.
 
-use std::borrow::Cow;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -129,10 +128,10 @@ where
     }
 
     let content_type = match conn::preserved_type(ex) {
-        Some(ct) => Cow::Owned(ct.to_string()),
+        Some(ct) => http1::Text::copy(ct),
         None => {
             let ct = conn::content_type_for(&decision.uri, s);
-            Cow::Owned(conn::with_charset(ct, 200, s).into_owned())
+            http1::Text::copy(&conn::with_charset(ct, 200, s))
         }
     };
     // The range filter, for a 200.
@@ -167,14 +166,14 @@ where
         _ if status == 304 => {}
         Plan206::Whole { .. } => {
             headers.push(("Content-Type".into(), content_type));
-            headers.push(("Content-Length".into(), size.to_string().into()));
+            headers.push(("Content-Length".into(), http1::Text::number(size)));
             parts.push((0, size));
         }
         Plan206::Parts(r) if r.len() == 1 => {
             let (start, end) = r[0];
             headers.push(("Content-Type".into(), content_type));
             body_len = end - start;
-            headers.push(("Content-Length".into(), body_len.to_string().into()));
+            headers.push(("Content-Length".into(), http1::Text::number(body_len)));
             parts.push((start, end));
         }
         Plan206::Parts(r) => {
@@ -184,7 +183,7 @@ where
                 format!("multipart/byteranges; boundary={}", m.boundary).into(),
             ));
             body_len = m.length;
-            headers.push(("Content-Length".into(), body_len.to_string().into()));
+            headers.push(("Content-Length".into(), http1::Text::number(body_len)));
             parts.extend(r.iter().copied());
             multipart = Some(m);
         }
@@ -294,7 +293,7 @@ where
 }
 
 /// nginx's ETag of a file: `"mtime-size"` in lower-case hex.
-fn etag_of(mtime: i64, size: u64) -> String {
+fn etag_of(mtime: i64, size: u64) -> http1::Text {
     /// Puts `b` before what `out[*at..]` holds.
     fn put(out: &mut [u8], at: &mut usize, b: u8) {
         *at -= 1;
@@ -318,12 +317,12 @@ fn etag_of(mtime: i64, size: u64) -> String {
     // A time before 1970 is written as nginx writes it, in two's complement.
     hex(&mut out, &mut at, mtime as u64);
     put(&mut out, &mut at, b'"');
-    crate::plan::uri::text(&out[at..]).into_owned()
+    http1::Text::copy(&crate::plan::uri::text(&out[at..]))
 }
 
 /// `Last-Modified` of a file, remembered for the last time asked: a site's files are
 /// asked for again and again, and formatting a date costs more than the rest of the head.
-fn http_date_of(mtime: i64, time: SystemTime) -> String {
+fn http_date_of(mtime: i64, time: SystemTime) -> http1::Text {
     use std::cell::RefCell;
     thread_local! {
         static LAST: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
@@ -333,7 +332,7 @@ fn http_date_of(mtime: i64, time: SystemTime) -> String {
         if last.0 != mtime || last.1.is_empty() {
             *last = (mtime, httpdate::fmt_http_date(time));
         }
-        last.1.clone()
+        http1::Text::copy(&last.1)
     })
 }
 
@@ -977,9 +976,8 @@ pub fn expires(words: Option<&[String]>, status: u16, mtime: Option<i64>) -> Vec
     if !safe || words.is_empty() {
         return Vec::new();
     }
-    let pair = |e: Cow<'static, str>, cc: Cow<'static, str>| {
-        vec![("Expires".into(), e), ("Cache-Control".into(), cc)]
-    };
+    let pair =
+        |e: http1::Text, cc: http1::Text| vec![("Expires".into(), e), ("Cache-Control".into(), cc)];
     let (modified, value) = match words {
         [m, v] if m == "modified" => (true, v.as_str()),
         [v, ..] => (false, v.as_str()),
@@ -1070,7 +1068,10 @@ mod tests {
             (-1, 15),
             (i64::MAX, u64::MAX),
         ] {
-            assert_eq!(etag_of(mtime, size), format!("\"{mtime:x}-{size:x}\""));
+            assert_eq!(
+                etag_of(mtime, size).as_str(),
+                format!("\"{mtime:x}-{size:x}\"")
+            );
         }
     }
 

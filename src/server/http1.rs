@@ -414,12 +414,154 @@ pub struct ResponseHead {
 pub use crate::plan::uri::text;
 
 /// A response header line. Names and most values are known words: borrowed, they cost no
-/// allocation per answer.
-pub type Line = (Cow<'static, str>, Cow<'static, str>);
+/// allocation per answer; the values made per answer (a date, a length, an ETag) are short
+/// and kept in place ([`Text`]).
+pub type Line = (Cow<'static, str>, Text);
 
 /// A header line from owned text (an upstream's, an `add_header`'s).
 pub fn owned((name, value): (String, String)) -> Line {
-    (Cow::Owned(name), Cow::Owned(value))
+    (Cow::Owned(name), Text::Owned(value))
+}
+
+/// A header value: a known word, text of its own, or up to [`Text::INLINE`] bytes held in
+/// place. `Date`, `Last-Modified`, `Content-Length` and most `ETag`s fit in place: the
+/// answer's head makes no allocation for them.
+#[derive(Clone)]
+pub enum Text {
+    Static(&'static str),
+    Owned(String),
+    Inline { len: u8, bytes: [u8; Text::INLINE] },
+}
+
+impl Text {
+    pub const INLINE: usize = 30;
+
+    /// `s` in place when it fits, else copied into a `String`.
+    pub fn copy(s: &str) -> Text {
+        if s.len() <= Text::INLINE {
+            let mut bytes = [0u8; Text::INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Text::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            Text::Owned(s.to_string())
+        }
+    }
+
+    /// A number in decimal, in place.
+    pub fn number(mut n: u64) -> Text {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut bytes = [0u8; Text::INLINE];
+        let len = digits.len() - at;
+        bytes[..len].copy_from_slice(&digits[at..]);
+        Text::Inline {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Owned(s) => s,
+            Text::Inline { len, bytes } => {
+                let bytes = &bytes[..*len as usize];
+                // SAFETY: `Inline` is only made from the bytes of a `str`, or from ASCII
+                // digits, never cut inside a character.
+                unsafe { std::str::from_utf8_unchecked(bytes) }
+            }
+        }
+    }
+
+    pub fn into_string(self) -> String {
+        match self {
+            Text::Owned(s) => s,
+            other => other.as_str().to_string(),
+        }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text::Static("")
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Text {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::Owned(s)
+    }
+}
+
+impl From<Cow<'static, str>> for Text {
+    fn from(s: Cow<'static, str>) -> Text {
+        match s {
+            Cow::Borrowed(s) => Text::Static(s),
+            Cow::Owned(s) => Text::Owned(s),
+        }
+    }
 }
 
 impl ResponseHead {
@@ -477,6 +619,20 @@ mod tests {
         line: 8192,
         total: 32768,
     };
+
+    #[test]
+    fn text_keeps_short_values_in_place() {
+        let date = "Wed, 02 Dec 2026 07:05:00 GMT";
+        assert!(matches!(Text::copy(date), Text::Inline { .. }));
+        assert_eq!(Text::copy(date).as_str(), date);
+        let long = "x".repeat(Text::INLINE + 1);
+        assert!(matches!(Text::copy(&long), Text::Owned(_)));
+        assert_eq!(Text::copy(&long).as_str(), long);
+        assert_eq!(Text::copy("é-ü").as_str(), "é-ü");
+        for n in [0u64, 7, 10, 1024, u64::MAX] {
+            assert_eq!(Text::number(n).as_str(), n.to_string());
+        }
+    }
 
     #[test]
     fn heads() {
@@ -541,7 +697,7 @@ mod tests {
 
 /// The `Date` header's value for now. Formatted once a second per thread, as nginx caches
 /// its time strings.
-pub fn date_now() -> String {
+pub fn date_now() -> Text {
     use std::cell::RefCell;
     thread_local! {
         static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
@@ -555,6 +711,6 @@ pub fn date_now() -> String {
         if c.0 != secs {
             *c = (secs, httpdate::fmt_http_date(now));
         }
-        c.1.clone()
+        Text::copy(&c.1)
     })
 }

@@ -908,7 +908,7 @@ async fn deliver<S: AsyncWrite + Unpin>(
         headers.push((std::mem::take(n).into(), value.into()));
     }
     match framing {
-        ClientFraming::Length(n) => headers.push(("Content-Length".into(), n.to_string().into())),
+        ClientFraming::Length(n) => headers.push(("Content-Length".into(), http1::Text::number(n))),
         ClientFraming::Chunked => headers.push(("Transfer-Encoding".into(), "chunked".into())),
         _ => {}
     }
