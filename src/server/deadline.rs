@@ -61,12 +61,6 @@ impl Lazy {
     }
 }
 
-impl std::fmt::Debug for Lazy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Lazy")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -483,19 +483,6 @@ impl Text {
             }
         }
     }
-
-    pub fn into_string(self) -> String {
-        match self {
-            Text::Owned(s) => s,
-            other => other.as_str().to_string(),
-        }
-    }
-}
-
-impl Default for Text {
-    fn default() -> Text {
-        Text::Static("")
-    }
 }
 
 impl std::ops::Deref for Text {
@@ -530,18 +517,6 @@ impl PartialEq for Text {
 }
 
 impl Eq for Text {}
-
-impl PartialEq<str> for Text {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for Text {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
 
 impl From<&'static str> for Text {
     fn from(s: &'static str) -> Text {
