@@ -233,9 +233,11 @@ fn route_text(d: &route::Decision, server: &plan::Server, location: Option<&Loca
             );
             s += &format!(
                 "          {} {} {}\n",
-                request.method, request.target, request.version
+                request.method(),
+                request.target(),
+                request.version()
             );
-            for (n, v) in &request.headers {
+            for (n, v) in request.headers() {
                 s += &format!("          {n}: {v}\n");
             }
         }

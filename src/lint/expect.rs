@@ -264,7 +264,7 @@ fn describe(plan: &Plan, e: &Expectation, files: &dyn FileCheck) -> Got {
             ..
         } => {
             let scheme = if pass.https { "https" } else { "http" };
-            Got::Proxy(format!("{scheme}://{upstream}{}", request.target))
+            Got::Proxy(format!("{scheme}://{upstream}{}", request.target()))
         }
         Outcome::Return {
             status, headers, ..

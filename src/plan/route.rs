@@ -64,13 +64,117 @@ pub struct TlsInfo {
     pub cipher: String,
 }
 
-/// The request line and headers that would go to the upstream.
-#[derive(Clone, Debug, Serialize)]
+/// The request line and headers that go to the upstream, as they go on the wire: one
+/// buffer, made once by the router, written as it is (no copy, no allocation per header).
+#[derive(Clone, Debug)]
 pub struct UpstreamRequest {
-    pub method: String,
-    pub target: String,
-    pub version: String,
-    pub headers: Vec<(String, String)>,
+    /// `METHOD target VERSION\r\n`, the `Name: value\r\n` lines, and the empty line.
+    head: String,
+    /// Where the method and the target end in the request line.
+    method_end: usize,
+    target_end: usize,
+    /// The `Transfer-Encoding: chunked` line nginx writes for a chunked request body, which
+    /// becomes a length when the body is read whole.
+    chunked: Option<std::ops::Range<usize>>,
+}
+
+impl UpstreamRequest {
+    /// Starts a request with its line; headers follow with [`UpstreamRequest::header`].
+    fn start(method: &str, target: impl FnOnce(&mut String), version: &str) -> UpstreamRequest {
+        let mut head = String::with_capacity(256);
+        head.push_str(method);
+        let method_end = head.len();
+        head.push(' ');
+        target(&mut head);
+        let target_end = head.len();
+        head.push(' ');
+        head.push_str(version);
+        head.push_str("\r\n");
+        UpstreamRequest {
+            head,
+            method_end,
+            target_end,
+            chunked: None,
+        }
+    }
+
+    /// One header line, its value written by `value`; a line whose value is empty is left
+    /// out, as nginx leaves it.
+    fn header(&mut self, name: &str, value: impl FnOnce(&mut String)) {
+        let start = self.head.len();
+        self.head.push_str(name);
+        self.head.push_str(": ");
+        let at = self.head.len();
+        value(&mut self.head);
+        if self.head.len() == at {
+            self.head.truncate(start);
+            return;
+        }
+        if self.chunked.is_none()
+            && name.eq_ignore_ascii_case("transfer-encoding")
+            && &self.head[at..] == "chunked"
+        {
+            self.chunked = Some(start..self.head.len() + 2);
+        }
+        self.head.push_str("\r\n");
+    }
+
+    /// A client's header line, passed on as it came (an empty value too).
+    fn pass(&mut self, name: &str, value: &str) {
+        for part in [name, ": ", value, "\r\n"] {
+            self.head.push_str(part);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.head.push_str("\r\n");
+    }
+
+    pub fn method(&self) -> &str {
+        &self.head[..self.method_end]
+    }
+
+    pub fn target(&self) -> &str {
+        &self.head[self.method_end + 1..self.target_end]
+    }
+
+    pub fn version(&self) -> &str {
+        let line = &self.head[..self.head.find("\r\n").unwrap_or(self.head.len())];
+        &line[(self.target_end + 1).min(line.len())..]
+    }
+
+    /// The header lines, split as the upstream reads them.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        let lines = self.head.find("\r\n").map_or("", |i| &self.head[i + 2..]);
+        lines
+            .split("\r\n")
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.split_once(": ").unwrap_or((l, "")))
+    }
+
+    /// The whole head, ready to send.
+    pub fn wire(&self) -> &[u8] {
+        self.head.as_bytes()
+    }
+
+    /// Where the `Transfer-Encoding: chunked` line is in [`UpstreamRequest::wire`], if any.
+    pub fn chunked_line(&self) -> Option<std::ops::Range<usize>> {
+        self.chunked.clone()
+    }
+}
+
+/// As `portico inspect --json` shows it: method, target, version and the header pairs.
+impl Serialize for UpstreamRequest {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let headers: Vec<(&str, &str)> = self.headers().collect();
+        let mut st = ser.serialize_struct("UpstreamRequest", 4)?;
+        st.serialize_field("method", self.method())?;
+        st.serialize_field("target", self.target())?;
+        st.serialize_field("version", self.version())?;
+        st.serialize_field("headers", &headers)?;
+        st.end()
+    }
 }
 
 /// What happens to the request.
@@ -1633,12 +1737,17 @@ impl<'p> State<'p> {
                 _ => None,
             })
             .map(|key| self.eval(key));
-        let target = self.upstream_target(pass, uri_part.as_deref());
-        let method = match s.proxy_method() {
-            Some(m) => self.eval(&m),
-            None => self.req.method.to_string(),
+        let version = match s.proxy_http_version() {
+            "1.0" => Cow::Borrowed("HTTP/1.0"),
+            "1.1" => Cow::Borrowed("HTTP/1.1"),
+            v => Cow::Owned(format!("HTTP/{v}")),
         };
-        let headers = self.upstream_headers(s);
+        let target = |out: &mut String| self.upstream_target(pass, uri_part.as_deref(), out);
+        let mut request = match s.proxy_method() {
+            Some(m) => UpstreamRequest::start(&self.eval(&m), target, &version),
+            None => UpstreamRequest::start(self.req.method, target, &version),
+        };
+        self.upstream_headers(s, &mut request);
         let mut redirects = Vec::new();
         for r in s.proxy_redirect() {
             match r {
@@ -1707,29 +1816,22 @@ impl<'p> State<'p> {
             pass: pass.clone(),
             url: url_text,
             hash_key,
-            request: UpstreamRequest {
-                method,
-                target,
-                version: match s.proxy_http_version() {
-                    "1.0" => "HTTP/1.0".to_string(),
-                    "1.1" => "HTTP/1.1".to_string(),
-                    v => format!("HTTP/{v}"),
-                },
-                headers,
-            },
+            request,
         }
     }
 
     /// nginx's `ngx_http_proxy_create_request`, the URI part.
-    fn upstream_target(&self, pass: &ProxyPass, uri_part: Option<&str>) -> String {
+    fn upstream_target(&self, pass: &ProxyPass, uri_part: Option<&str>, out: &mut String) {
         if pass.url.has_variables() {
             if let Some(u) = uri_part {
-                return u.to_string();
+                out.push_str(u);
+                return;
             }
         }
         let uri_part = uri_part.unwrap_or("");
         if uri_part.is_empty() && self.valid_unparsed {
-            return self.unparsed.to_string();
+            out.push_str(&self.unparsed);
+            return;
         }
         let loc_len = if self.valid_location && !uri_part.is_empty() {
             self.conf.location_name.len().min(self.uri.len())
@@ -1737,7 +1839,6 @@ impl<'p> State<'p> {
             0
         };
         let rest = &self.uri[loc_len..];
-        let mut out = String::new();
         if self.valid_location {
             out.push_str(uri_part);
         }
@@ -1750,14 +1851,13 @@ impl<'p> State<'p> {
             out.push('?');
             out.push_str(&self.args);
         }
-        out
     }
 
     /// Headers to the upstream: `proxy_set_header` ones (then nginx's defaults), then the
     /// client's, less those already set and the hop-by-hop ones.
-    fn upstream_headers(&self, s: &Settings) -> Vec<(String, String)> {
+    fn upstream_headers(&self, s: &Settings, request: &mut UpstreamRequest) {
         /// nginx's own headers, after the configured ones unless those name them.
-        static DEFAULTS: std::sync::LazyLock<Vec<(String, Template)>> =
+        static DEFAULTS: std::sync::LazyLock<Vec<(&str, Template)>> =
             std::sync::LazyLock::new(|| {
                 [
                     ("Host", "$proxy_host"),
@@ -1770,31 +1870,29 @@ impl<'p> State<'p> {
                     ("Upgrade", ""),
                 ]
                 .into_iter()
-                .map(|(n, v)| (n.to_string(), Template::compile(v).unwrap_or_default()))
+                .map(|(n, v)| (n, Template::compile(v).unwrap_or_default()))
                 .collect()
             });
         // Borrowed, not through the cloning accessor: this runs for every proxied request.
         let configured: &[(String, Template)] = s.proxy_set_header.as_deref().unwrap_or(&[]);
-        let defaults = DEFAULTS
-            .iter()
-            .filter(|(name, _)| !configured.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
-        let set: Vec<&(String, Template)> = configured.iter().chain(defaults).collect();
-        let mut out = Vec::with_capacity(set.len() + self.headers.len());
-        for (name, value) in &set {
-            let v = self.eval(value);
-            if !v.is_empty() {
-                out.push((name.clone(), v));
+        let named = |name: &str| configured.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        for (name, value) in configured {
+            request.header(name, |out| value.eval_into(self, out));
+        }
+        for (name, value) in DEFAULTS.iter() {
+            if !named(name) {
+                request.header(name, |out| value.eval_into(self, out));
             }
         }
         if s.proxy_pass_request_headers() {
             for (n, v) in self.headers.iter() {
-                if set.iter().any(|(s, _)| s.eq_ignore_ascii_case(n)) {
+                if named(n) || DEFAULTS.iter().any(|(d, _)| d.eq_ignore_ascii_case(n)) {
                     continue;
                 }
-                out.push((n.clone(), v.clone()));
+                request.pass(n, v);
             }
         }
-        out
+        request.finish();
     }
 }
 

@@ -423,6 +423,86 @@ pub fn owned((name, value): (String, String)) -> Line {
     (Cow::Owned(name), Text::Owned(value))
 }
 
+/// Header names an upstream commonly sends, as they are usually spelt: a name read from a
+/// response that is one of these costs no allocation.
+const KNOWN_NAMES: &[&str] = &[
+    "Server",
+    "Date",
+    "Content-Type",
+    "Content-Length",
+    "Connection",
+    "Transfer-Encoding",
+    "Keep-Alive",
+    "Set-Cookie",
+    "Cache-Control",
+    "Expires",
+    "Last-Modified",
+    "ETag",
+    "Location",
+    "Vary",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Disposition",
+    "Accept-Ranges",
+    "Pragma",
+    "Refresh",
+    "Allow",
+    "Age",
+    "Via",
+    "WWW-Authenticate",
+    "X-Frame-Options",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+    "Cross-Origin-Opener-Policy",
+    "Strict-Transport-Security",
+    "Content-Security-Policy",
+    "Access-Control-Allow-Origin",
+    "X-Accel-Redirect",
+    "X-Accel-Buffering",
+    "X-Request-Id",
+    "X-Powered-By",
+    // ASGI servers (uvicorn, hypercorn) send names in lower case.
+    "server",
+    "date",
+    "content-type",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "set-cookie",
+    "cache-control",
+    "location",
+    "vary",
+    "x-frame-options",
+    "x-content-type-options",
+    "referrer-policy",
+    "cross-origin-opener-policy",
+];
+
+/// A header name as a [`Line`] holds it: borrowed when it is a known one, else copied.
+pub fn name_of(name: &str) -> Cow<'static, str> {
+    /// [`KNOWN_NAMES`] by length: a lookup compares a few names of the same length.
+    static BY_LEN: std::sync::LazyLock<Vec<Vec<&'static str>>> = std::sync::LazyLock::new(|| {
+        let longest = KNOWN_NAMES.iter().map(|n| n.len()).max().unwrap_or(0);
+        let mut table = vec![Vec::new(); longest + 1];
+        for n in KNOWN_NAMES {
+            table[n.len()].push(*n);
+        }
+        table
+    });
+    let found = BY_LEN
+        .get(name.len())
+        .and_then(|same| same.iter().find(|k| k.as_bytes() == name.as_bytes()));
+    match found {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(name.to_string()),
+    }
+}
+
+/// A header line read off the wire: known names borrowed, short values in place.
+pub fn line_of(name: &str, value: &str) -> Line {
+    (name_of(name), Text::copy(value))
+}
+
 /// A header value: a known word, text of its own, or up to [`Text::INLINE`] bytes held in
 /// place. `Date`, `Last-Modified`, `Content-Length` and most `ETag`s fit in place: the
 /// answer's head makes no allocation for them.

@@ -128,7 +128,7 @@ pub struct Served {
     /// The answer's header lines, when a log format reads `$sent_http_NAME`.
     pub sent_headers: Vec<(String, String)>,
     /// The upstream's header lines, when a log format reads `$upstream_http_NAME`.
-    pub upstream_headers: Vec<(String, String)>,
+    pub upstream_headers: Vec<crate::server::http1::Line>,
 }
 
 /// One attempt on an upstream server, for the `$upstream_*` variables.

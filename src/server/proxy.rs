@@ -136,7 +136,7 @@ where
     let head = request_head(request, ex.framing, &body);
     let next = s.proxy_next_upstream();
     let idempotent = !matches!(&*ex.head.method, "POST" | "LOCK" | "PATCH");
-    let head_only = request.method == "HEAD";
+    let head_only = request.method() == "HEAD";
     let mut last = Failure::Error;
     let started = Instant::now();
     let give_up = match s.proxy_next_upstream_timeout() {
@@ -245,7 +245,10 @@ where
                 if !ignored
                     && let Some(target) = response.header("x-accel-redirect").map(str::to_string)
                 {
-                    let upstream = std::mem::take(&mut response.headers);
+                    let upstream = std::mem::take(&mut response.headers)
+                        .into_iter()
+                        .map(|(n, v)| (n.into_owned(), v.to_string()))
+                        .collect();
                     drop(response);
                     return super::conn::serve_accel(
                         io, buf, ex, decision, plan, shared, target, upstream,
@@ -265,7 +268,7 @@ where
                             .headers
                             .iter()
                             .filter(|(n, _)| n.eq_ignore_ascii_case("www-authenticate"))
-                            .cloned()
+                            .map(|(n, v)| (n.to_string(), v.to_string()))
                             .collect()
                     } else {
                         Vec::new()
@@ -364,50 +367,30 @@ fn direct_peer(authority: &str, https: bool) -> Option<Peer> {
     Some(Peer::new(addr))
 }
 
-/// The request line and headers the upstream gets. A chunked body read whole goes with its
-/// length, as nginx sends it; streamed, it stays chunked.
-fn request_head(
-    request: &crate::plan::route::UpstreamRequest,
+/// The request line and headers the upstream gets, as the router wrote them. A chunked body
+/// read whole goes with its length, as nginx sends it; streamed, it stays chunked.
+fn request_head<'a>(
+    request: &'a crate::plan::route::UpstreamRequest,
     framing: Framing,
     body: &ReqBody,
-) -> Vec<u8> {
-    let line = request.method.len() + request.target.len() + request.version.len() + 4;
-    let lines: usize = request
-        .headers
-        .iter()
-        .map(|(n, v)| n.len() + v.len() + 4)
-        .sum();
-    let mut head = Vec::with_capacity(line + lines + 2);
-    for part in [
-        &request.method,
-        " ",
-        &request.target,
-        " ",
-        &request.version,
-        "\r\n",
-    ] {
-        head.extend_from_slice(part.as_bytes());
-    }
-    for (n, v) in &request.headers {
-        if n.eq_ignore_ascii_case("transfer-encoding")
-            && v == "chunked"
-            && framing == Framing::Chunked
-        {
-            match body {
-                ReqBody::Spooled(spool) => head
-                    .extend_from_slice(format!("Content-Length: {}\r\n", spool.len()).as_bytes()),
-                ReqBody::None => head.extend_from_slice(b"Content-Length: 0\r\n"),
-                ReqBody::Stream { .. } => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-            }
-            continue;
-        }
-        head.extend_from_slice(n.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(v.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    head
+) -> std::borrow::Cow<'a, [u8]> {
+    let wire = request.wire();
+    let Some(line) = request
+        .chunked_line()
+        .filter(|_| framing == Framing::Chunked)
+    else {
+        return std::borrow::Cow::Borrowed(wire);
+    };
+    let length = match body {
+        ReqBody::Spooled(spool) => format!("Content-Length: {}\r\n", spool.len()),
+        ReqBody::None => "Content-Length: 0\r\n".to_string(),
+        ReqBody::Stream { .. } => return std::borrow::Cow::Borrowed(wire),
+    };
+    let mut head = Vec::with_capacity(wire.len() + length.len());
+    head.extend_from_slice(&wire[..line.start]);
+    head.extend_from_slice(length.as_bytes());
+    head.extend_from_slice(&wire[line.end..]);
+    std::borrow::Cow::Owned(head)
 }
 
 /// Where an attempt goes.
@@ -434,7 +417,8 @@ enum BodyFraming {
 /// A response whose head has been read; the body is still on the connection.
 struct Response {
     status: u16,
-    headers: Vec<(String, String)>,
+    /// As read: known names borrowed, short values in place (no allocation for most).
+    headers: Vec<http1::Line>,
     /// Bytes read past the head.
     leftover: Vec<u8>,
     /// Taken when the body has been read.
@@ -704,10 +688,7 @@ where
                 let headers = resp
                     .headers
                     .iter()
-                    .map(|h| {
-                        let value = http1::text(h.value).trim().to_string();
-                        (h.name.to_string(), value)
-                    })
+                    .map(|h| http1::line_of(h.name, http1::text(h.value).trim()))
                     .collect::<Vec<_>>();
                 break (
                     resp.code.unwrap_or(502),
@@ -730,12 +711,19 @@ where
     // What follows the head stays in the read buffer, moved to its front: no second buffer.
     got.drain(..consumed);
     let leftover = got;
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
+    // The three lines that frame the body, found in one pass (the first of each counts).
+    let (mut te, mut length, mut connection) = (None, None, None);
+    for (n, v) in &headers {
+        let (slot, name) = match n.len() {
+            17 => (&mut te, "transfer-encoding"),
+            14 => (&mut length, "content-length"),
+            10 => (&mut connection, "connection"),
+            _ => continue,
+        };
+        if slot.is_none() && n.eq_ignore_ascii_case(name) {
+            *slot = Some(v.as_str());
+        }
+    }
     let names = |v: &str, word: &str| {
         v.as_bytes()
             .windows(word.len())
@@ -743,9 +731,9 @@ where
     };
     let framing = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
         BodyFraming::Empty
-    } else if find("transfer-encoding").is_some_and(|v| names(v, "chunked")) {
+    } else if te.is_some_and(|v| names(v, "chunked")) {
         BodyFraming::Chunked
-    } else if let Some(len) = find("content-length") {
+    } else if let Some(len) = length {
         match len.parse::<u64>() {
             Ok(n) => BodyFraming::Length(n),
             Err(_) => {
@@ -759,7 +747,7 @@ where
     let reusable = version == 1
         && status != 101
         && framing != BodyFraming::Close
-        && !find("connection").is_some_and(|v| names(v, "close"));
+        && !connection.is_some_and(|v| names(v, "close"));
     Ok(Response {
         lease: None,
         sent: sent_bytes,
@@ -799,7 +787,7 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
         .iter()
         .any(|h| n.eq_ignore_ascii_case(h));
         if !dropped {
-            headers.push(http1::owned((n.clone(), v.clone())));
+            headers.push((n.clone(), v.clone()));
         }
     }
     let head = http1::ResponseHead {
@@ -902,10 +890,10 @@ async fn deliver<S: AsyncWrite + Unpin>(
         .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
     {
         let value = match super::conn::with_charset(v, r.status, s) {
-            std::borrow::Cow::Borrowed(_) => std::mem::take(v),
-            std::borrow::Cow::Owned(v) => v,
+            std::borrow::Cow::Borrowed(_) => std::mem::replace(v, http1::Text::Static("")),
+            std::borrow::Cow::Owned(v) => v.into(),
         };
-        headers.push((std::mem::take(n).into(), value.into()));
+        headers.push((std::mem::take(n), value));
     }
     match framing {
         ClientFraming::Length(n) => headers.push(("Content-Length".into(), http1::Text::number(n))),
@@ -931,11 +919,11 @@ async fn deliver<S: AsyncWrite + Unpin>(
         if !hidden {
             let value = match &decision.outcome {
                 Outcome::Proxy { cookies, .. } if is("set-cookie") && !cookies.is_empty() => {
-                    cookies.rewrite(&v)
+                    cookies.rewrite(&v).into()
                 }
                 _ => v,
             };
-            headers.push((n.into(), value.into()));
+            headers.push((n, value));
         }
     }
     // expires replaces the upstream's Expires and Cache-Control where they stand.
@@ -967,7 +955,7 @@ async fn deliver<S: AsyncWrite + Unpin>(
         let mut known = super::conn::known_vars(ex);
         for (n, v) in &r.headers {
             let name = n.to_ascii_lowercase().replace('-', "_");
-            known.push((format!("upstream_http_{name}"), v.clone()));
+            known.push((format!("upstream_http_{name}"), v.to_string()));
         }
         headers.extend(super::conn::late_headers(
             ex, decision, plan, r.status, known,
@@ -1279,14 +1267,15 @@ fn rewrite_redirects(
                     format!("{base}{new}")
                 } else {
                     new
-                };
+                }
+                .into();
             }
         } else if name.eq_ignore_ascii_case("refresh") {
             let lower = value.to_ascii_lowercase();
             if let Some(i) = lower.find("url=") {
                 let (head, url) = value.split_at(i + 4);
                 if let Some(new) = Redirect::apply(rules, url) {
-                    *value = format!("{head}{new}");
+                    *value = format!("{head}{new}").into();
                 }
             }
         }
