@@ -288,7 +288,14 @@ async fn run(
     } else {
         None
     };
-    // A line tests and tools can wait for: every socket is bound and the pid file written.
+    // The handlers go in before "ready": a HUP sent as soon as that line shows must reload,
+    // not meet the default action (which ends the process).
+    let Some(handlers) = Signals::install() else {
+        eprintln!("portico: [emerg] cannot install the signal handlers");
+        return ExitCode::from(1);
+    };
+    // A line tests and tools can wait for: every socket is bound, the pid file written and
+    // the signal handlers installed.
     eprintln!("portico: ready (pid {})", std::process::id());
     for (_, fd) in inherited {
         // An inherited socket the configuration no longer has.
@@ -296,6 +303,7 @@ async fn run(
         unsafe { libc::close(fd) };
     }
     let code = signals(
+        handlers,
         &shared,
         &mut reloader,
         watcher,
@@ -325,26 +333,48 @@ fn is_ours(pid_file: &std::path::Path) -> bool {
     std::fs::read_to_string(pid_file).is_ok_and(|t| t.trim() == std::process::id().to_string())
 }
 
+/// The signals the server answers, their handlers installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            quit: signal(SignalKind::quit()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+            usr1: signal(SignalKind::user_defined1()).ok()?,
+            usr2: signal(SignalKind::user_defined2()).ok()?,
+        })
+    }
+}
+
 /// Waits for signals and file changes: TERM/INT stop at once, QUIT stops gracefully, HUP and a
 /// changed configuration file reload, USR1 reopens the log files.
 async fn signals(
+    handlers: Signals,
     shared: &Arc<Shared>,
     reloader: &mut reload::Reloader,
     mut watcher: Option<watch::Watcher>,
     mut changes: tokio::sync::mpsc::UnboundedReceiver<()>,
     pid_path: Option<&std::path::Path>,
 ) -> ExitCode {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::quit()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::user_defined2()),
-    ) else {
-        return ExitCode::from(1);
-    };
+    let Signals {
+        mut term,
+        mut int,
+        mut quit,
+        mut hup,
+        mut usr1,
+        mut usr2,
+    } = handlers;
     let current = || pid_path.is_none_or(is_ours);
     loop {
         let cause = tokio::select! {
