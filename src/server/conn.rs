@@ -38,6 +38,9 @@ pub struct Exchange<'a> {
     /// After `X-Accel-Redirect`: the upstream's headers that stay on the answer
     /// (Content-Type replaces the answer's own).
     pub preserved: &'a [(String, String)],
+    /// When the request's head was read: the clock reading the work done without a wait
+    /// after it shares, as nginx's handlers share the time of their event loop's turn.
+    pub started: std::time::Instant,
 }
 
 /// Serves one connection to its end. Not an `async fn`: the future's captured arguments are
@@ -386,6 +389,7 @@ where
         sent_headers: plan.log_sent_headers,
         upstream_headers: plan.log_upstream_headers,
         preserved: &[],
+        started,
     };
     // The request's own error_log, when it has one; else the main log, which is what an
     // unscoped task writes to anyway (and one wrapper fewer to build and move). Each arm
@@ -790,6 +794,7 @@ impl<'a> Exchange<'a> {
             sent_headers: self.sent_headers,
             upstream_headers: self.upstream_headers,
             preserved,
+            started: std::time::Instant::now(),
         }
     }
 

@@ -32,6 +32,20 @@ pub async fn by<F: Future>(deadline: tokio::time::Instant, fut: F) -> Result<F::
     }
 }
 
+/// `fut`, noting in `waited` whether it ever had to wait (when it did not, no time passed
+/// and no clock needs reading for its end).
+pub async fn noting_wait<F: Future>(fut: F, waited: &mut bool) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        let poll = fut.as_mut().poll(cx);
+        if poll.is_pending() {
+            *waited = true;
+        }
+        poll
+    })
+    .await
+}
+
 /// `fut` polled once: its output if it had it.
 async fn first_poll<F: Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
     std::future::poll_fn(|cx| {

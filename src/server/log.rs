@@ -134,8 +134,7 @@ pub struct Served {
 /// One attempt on an upstream server, for the `$upstream_*` variables.
 #[derive(Clone, Debug)]
 pub struct UpstreamState {
-    /// The server's address, or the group's name when none could be tried.
-    pub addr: String,
+    pub addr: Tried,
     /// Its answer's status; 502/504 when it gave none.
     pub status: Option<u16>,
     pub started: std::time::Instant,
@@ -149,6 +148,24 @@ pub struct UpstreamState {
     pub bytes_sent: Option<u64>,
     pub bytes_received: Option<u64>,
     pub response_length: Option<u64>,
+}
+
+/// What `$upstream_addr` names for an attempt.
+#[derive(Debug, Clone)]
+pub enum Tried {
+    /// The server tried: its address as the plan wrote it (shared, not copied per request).
+    Peer(std::sync::Arc<crate::plan::Peer>),
+    /// The group's name, when none of its servers could be tried.
+    Group(String),
+}
+
+impl Tried {
+    pub fn text(&self) -> &str {
+        match self {
+            Tried::Peer(p) => &p.text,
+            Tried::Group(g) => g,
+        }
+    }
 }
 
 impl Served {
@@ -170,7 +187,7 @@ impl Served {
                 out.push_str(if u.redirected { " : " } else { ", " });
             }
             let v = match name {
-                "upstream_addr" => u.addr.clone(),
+                "upstream_addr" => u.addr.text().to_string(),
                 "upstream_status" => u.status.map_or("-".to_string(), |s| s.to_string()),
                 "upstream_connect_time" => time(u.connect),
                 "upstream_header_time" => time(u.header),

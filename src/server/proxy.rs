@@ -17,7 +17,7 @@ use super::Shared;
 use super::body::{BodyError, BodyReader, Decoder, Pipe, Spool};
 use super::conn::{Exchange, add_headers, error_response, keepalive_header, linger, server_header};
 use super::http1::{self, Framing};
-use super::log::UpstreamState;
+use super::log::{Tried, UpstreamState};
 use super::pool::{Conn, Stream};
 use super::upstreams::Lease;
 use crate::plan::route::{Decision, Outcome};
@@ -138,17 +138,23 @@ where
     let idempotent = !matches!(&*ex.head.method, "POST" | "LOCK" | "PATCH");
     let head_only = request.method() == "HEAD";
     let mut last = Failure::Error;
-    let started = Instant::now();
+    // The first attempt starts on the clock reading of the request's arrival (nothing has
+    // waited since, unless a body was read); each next one reads the clock again.
+    let mut now = if matches!(body, ReqBody::None) {
+        ex.started
+    } else {
+        Instant::now()
+    };
     let give_up = match s.proxy_next_upstream_timeout() {
         0 => None,
-        t => Some(started + ms(t)),
+        t => Some(now + ms(t)),
     };
     // nginx's upstream_states: one per attempt, for the `$upstream_*` variables.
     let mut states: Vec<UpstreamState> = Vec::new();
-    let state = |addr: String| UpstreamState {
+    let state = |addr: Tried, started: Instant| UpstreamState {
         addr,
         status: None,
-        started: Instant::now(),
+        started,
         connect: None,
         header: None,
         response: None,
@@ -158,14 +164,17 @@ where
         response_length: None,
     };
     loop {
+        if !states.is_empty() {
+            now = Instant::now();
+        }
         // nginx's peer.get: none left that can be tried is "no live upstreams", a 502.
         let (peer, mut lease) = match selection.as_mut() {
-            Some(sel) => match sel.next() {
+            Some(sel) => match sel.next(now) {
                 Some(lease) => (lease.peer.clone(), Some(lease)),
                 None => {
                     tracing::error!(upstream = %upstream, "no live upstreams");
                     // $upstream_addr names the group then, as nginx's does.
-                    let mut st = state(upstream.to_string());
+                    let mut st = state(Tried::Group(upstream.to_string()), now);
                     st.status = Some(502);
                     st.response = Some(Duration::ZERO);
                     states.push(st);
@@ -180,10 +189,11 @@ where
         };
         // The previous attempt ends where this one starts.
         if let Some(prev) = states.last_mut() {
-            prev.response.get_or_insert(prev.started.elapsed());
+            prev.response
+                .get_or_insert(now.duration_since(prev.started));
         }
         // `$upstream_addr` and the keep-alive pool's key, written when the plan was built.
-        states.push(state(peer.text.clone()));
+        states.push(state(Tried::Peer(peer.clone()), now));
         let mut connected = None;
         let target = Target {
             group: upstream,
@@ -201,6 +211,7 @@ where
             s,
             shared,
             head_only,
+            now,
             &mut connected,
         )
         .await;
@@ -210,7 +221,7 @@ where
             match &outcome {
                 Ok(r) => {
                     st.status = Some(r.status);
-                    st.header = Some(st.started.elapsed());
+                    st.header = Some(r.read_at.duration_since(st.started));
                 }
                 Err(Failure::Timeout) => st.status = Some(504),
                 Err(_) => st.status = Some(502),
@@ -426,13 +437,15 @@ struct Response {
     framing: BodyFraming,
     /// The upstream lets the connection be reused (HTTP/1.1, no `Connection: close`).
     reusable: bool,
-    /// Where the connection goes back to, if its group keeps idle connections.
-    pool: Option<(String, String, Keepalive)>,
+    /// How the connection is kept, if its group keeps idle connections.
+    pool: Option<Keepalive>,
     /// The balancer's count of this connection to its server (`least_conn`, `max_conns`).
     lease: Option<Lease>,
     /// Bytes of the request sent upstream, and of the response head read.
     sent: u64,
     head_len: u64,
+    /// When the head's last bytes were read: the clock reading its handling shares.
+    read_at: Instant,
 }
 
 impl Response {
@@ -477,6 +490,7 @@ async fn attempt<S>(
     s: &Settings,
     shared: &Shared,
     head_only: bool,
+    now: Instant,
     connected: &mut Option<Instant>,
 ) -> Result<Response, Failure>
 where
@@ -485,13 +499,14 @@ where
     let key = target.addr;
     let mut pooled = target
         .keepalive
-        .and_then(|k| shared.pool.take(target.group, key, ms(k.timeout)));
+        .and_then(|k| shared.pool.take(target.group, key, ms(k.timeout), now));
     loop {
         let reused = pooled.is_some();
-        let conn = match pooled.take() {
+        // When the connection was ready: a kept one is there at once.
+        let (conn, ready) = match pooled.take() {
             Some(c) => {
-                *connected = Some(Instant::now());
-                c
+                *connected = Some(now);
+                (c, now)
             }
             None => match tokio::time::timeout(
                 ms(s.proxy_connect_timeout()),
@@ -505,24 +520,26 @@ where
                     return Err(Failure::Error);
                 }
                 Ok(Ok(io)) => {
-                    *connected = Some(Instant::now());
-                    Conn {
+                    let at = Instant::now();
+                    *connected = Some(at);
+                    let conn = Conn {
                         io,
                         requests: 0,
-                        opened: Instant::now(),
+                        opened: at,
                         timer: Default::default(),
-                    }
+                        group: target.group.to_string(),
+                        peer: key.to_string(),
+                    };
+                    (conn, at)
                 }
             },
         };
-        match exchange(conn, head, body, io, buf, s, head_only).await {
+        match exchange(conn, head, body, io, buf, s, head_only, ready).await {
             // A kept connection the upstream had closed: not the server's failure.
             Err((Failure::Error, true)) if reused && body.replayable() => continue,
             Err((f, _)) => return Err(f),
             Ok(mut r) => {
-                r.pool = target
-                    .keepalive
-                    .map(|k| (target.group.to_string(), key.to_string(), k.clone()));
+                r.pool = target.keepalive.cloned();
                 return Ok(r);
             }
         }
@@ -531,6 +548,7 @@ where
 
 /// Sends the request on `conn` and reads the response head. On failure, also says whether
 /// nothing at all came back (a stale kept connection looks like that).
+#[allow(clippy::too_many_arguments)]
 async fn exchange<S>(
     mut conn: Conn,
     head: &[u8],
@@ -539,6 +557,7 @@ async fn exchange<S>(
     buf: &mut Vec<u8>,
     s: &Settings,
     head_only: bool,
+    now: Instant,
 ) -> Result<Response, (Failure, bool)>
 where
     S: AsyncRead + Unpin,
@@ -571,11 +590,15 @@ where
         }
         up.flush().await
     };
+    let mut waited = false;
+    let sent = super::deadline::noting_wait(sent, &mut waited);
     match super::deadline::within(send_timeout, sent).await {
         Err(_) => return Err((Failure::Timeout, false)),
         Ok(Err(_)) => return Err((Failure::Error, true)),
         Ok(Ok(())) => {}
     }
+    // The request went at once, as it mostly does: no clock reading for its end.
+    let mut read_at = if waited { Instant::now() } else { now };
     if let ReqBody::Stream {
         reader,
         started,
@@ -630,6 +653,7 @@ where
                 break;
             }
         }
+        read_at = Instant::now();
     }
     conn.requests += 1;
     let sent_bytes = head.len() as u64
@@ -639,16 +663,17 @@ where
             ReqBody::None => 0,
         };
     let read_timeout = ms(s.proxy_read_timeout());
+    // The head must fit in proxy_buffer_size, as in nginx; the buffer is that size (16 KiB
+    // each, a thousand connections' worth was 12 MiB more than nginx holds).
     let limit = (s.proxy_buffer_size() as usize).max(1024);
-    let mut got = Vec::with_capacity(16384);
+    let mut got = Vec::with_capacity(limit);
     let watch_client = !s.proxy_ignore_client_abort();
-    // proxy_read_timeout runs between two reads from the upstream.
+    // proxy_read_timeout runs between two reads from the upstream, the first from the
+    // request's end.
     let mut deadline = None;
     let (status, version, headers, consumed) = loop {
-        if got.capacity() - got.len() < 4096 {
-            got.reserve(16384);
-        }
-        let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout);
+        let until =
+            *deadline.get_or_insert_with(|| tokio::time::Instant::from_std(read_at) + read_timeout);
         // While the upstream thinks, a client that closes ends the request (nginx's broken
         // connection check, 499); what a client sends meanwhile is its next request, kept.
         let n = tokio::select! {
@@ -674,6 +699,7 @@ where
             tracing::error!("upstream prematurely closed connection while reading response header");
             return Err((Failure::Error, got.is_empty()));
         }
+        read_at = Instant::now();
         deadline = None;
         // Uninitialised slots: httparse writes only those it fills (100 zeroed ones were
         // 3 KiB to clear for every read of a response head).
@@ -759,6 +785,7 @@ where
         framing,
         reusable,
         pool: None,
+        read_at,
     })
 }
 
@@ -967,8 +994,6 @@ async fn deliver<S: AsyncWrite + Unpin>(
         headers,
     };
     ex.note_headers(&head.headers);
-    let mut out = head.to_bytes();
-    let head_len = out.len();
     // The usual small answer is all here already: the upstream goes back first, then head and
     // body leave in one write, as nginx's writev does.
     let whole = match r.framing {
@@ -976,14 +1001,17 @@ async fn deliver<S: AsyncWrite + Unpin>(
         BodyFraming::Length(n) if r.leftover.len() as u64 >= n => Some(n as usize),
         _ => None,
     };
+    let mut out = head.to_bytes_with_room(whole.unwrap_or(0));
+    let head_len = out.len();
     if let Some(n) = whole {
-        let mut body = Body::new(r.framing);
-        body.feed(&r.leftover, &mut Vec::new()).ok();
+        // Reused only when nothing came after the body.
+        let exact = r.leftover.len() == n;
         if let Some(conn) = r.conn.take() {
-            release(conn, &mut r, &body, shared);
+            let at = r.read_at;
+            release(conn, &mut r, exact, at, shared);
         }
         r.lease = None;
-        upstream_done(ex, &r, r.leftover.len() as u64);
+        upstream_done(ex, &r, r.leftover.len() as u64, r.read_at);
         let sent = if client_head || bodyless { 0 } else { n };
         out.extend_from_slice(&r.leftover[..sent]);
         ex.record(r.status, out.len(), sent);
@@ -1068,13 +1096,13 @@ async fn pump<S: AsyncWrite + Unpin>(
                 pipe.push(b"0\r\n\r\n".to_vec())?;
             }
             if let Some(conn) = up.take() {
-                release(conn, r, &body, shared);
+                release(conn, r, body.exact(), Instant::now(), shared);
             }
         }
         if up.is_none() && !upstream_finished {
             // Done with the upstream (nginx frees the peer here): no longer its connection.
             r.lease = None;
-            upstream_done(ex, r, received);
+            upstream_done(ex, r, received, Instant::now());
             upstream_finished = true;
         }
         if up.is_none() && pipe.is_empty() {
@@ -1130,15 +1158,16 @@ async fn pump<S: AsyncWrite + Unpin>(
 
 /// A connection whose response has been read whole goes back to its group's pool if the
 /// upstream allows it and it is within `keepalive_requests` and `keepalive_time`.
-fn release(conn: Conn, r: &mut Response, body: &Body, shared: &Shared) {
-    if !(body.exact() && r.reusable) {
+/// `exact`: the body came whole with nothing after it; `at`: when it ended.
+fn release(conn: Conn, r: &mut Response, exact: bool, at: Instant, shared: &Shared) {
+    if !(exact && r.reusable) {
         return;
     }
-    if let Some((group, peer, k)) = r.pool.take()
+    if let Some(k) = r.pool.take()
         && conn.requests < k.requests
-        && conn.opened.elapsed() < ms(k.time)
+        && at.saturating_duration_since(conn.opened) < ms(k.time)
     {
-        shared.pool.put(&group, peer, conn, k.connections as usize);
+        shared.pool.put(conn, k.connections as usize, at);
     }
 }
 
@@ -1216,7 +1245,8 @@ impl Body {
 
 /// `$upstream_addr`, `$upstream_status`, `$upstream_response_time` for the access log.
 /// The upstream has sent all it will: its `$upstream_response_time` is known.
-fn upstream_done(ex: &Exchange<'_>, r: &Response, body: u64) {
+/// `at`: when its last bytes came.
+fn upstream_done(ex: &Exchange<'_>, r: &Response, body: u64, at: Instant) {
     if ex.upstream_headers
         && let Ok(mut s) = ex.served.lock()
     {
@@ -1225,7 +1255,8 @@ fn upstream_done(ex: &Exchange<'_>, r: &Response, body: u64) {
     if let Ok(mut s) = ex.served.lock()
         && let Some(last) = s.upstreams.last_mut()
     {
-        last.response.get_or_insert(last.started.elapsed());
+        last.response
+            .get_or_insert(at.saturating_duration_since(last.started));
         last.bytes_sent = Some(r.sent);
         last.bytes_received = Some(r.head_len + body);
         last.response_length = Some(body);

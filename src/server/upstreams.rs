@@ -324,12 +324,12 @@ impl Selection {
         self.tries > 0
     }
 
-    /// The next server to try, or `None` when none can be (nginx's "no live upstreams").
-    pub fn next(&mut self) -> Option<Lease> {
+    /// The next server to try at `now`, or `None` when none can be (nginx's "no live
+    /// upstreams").
+    pub fn next(&mut self, now: Instant) -> Option<Lease> {
         if self.tries == 0 {
             return None;
         }
-        let now = Instant::now();
         let group = self.group.clone();
         let mut g = lock(&group);
         loop {
