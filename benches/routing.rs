@@ -69,16 +69,17 @@ impl FileCheck for NoFiles {
 
 /// What a request borrows: its header lines and the socket's address.
 struct Owned {
-    headers: Vec<(String, String)>,
+    headers: Vec<portico::plan::header::Line>,
     addr: ListenAddr,
 }
 
 fn owned(host: &str) -> Owned {
+    use portico::plan::header::line_of;
     Owned {
         headers: vec![
-            ("Host".into(), host.into()),
-            ("User-Agent".into(), "bench".into()),
-            ("Accept".into(), "*/*".into()),
+            line_of("Host", host),
+            line_of("User-Agent", "bench"),
+            line_of("Accept", "*/*"),
         ],
         addr: ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
     }

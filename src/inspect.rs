@@ -121,11 +121,15 @@ pub fn route(args: &RouteArgs) -> ExitCode {
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.parse().ok())
     });
+    let lines: Vec<crate::plan::header::Line> = headers
+        .iter()
+        .map(|(n, v)| crate::plan::header::line_of(n, v))
+        .collect();
     let request = Request {
         method,
         target,
         version: "HTTP/1.1",
-        headers: &headers,
+        headers: &lines,
         remote: args.from,
         socket: &local,
         local: &local,

@@ -234,11 +234,15 @@ fn describe(plan: &Plan, e: &Expectation, files: &dyn FileCheck) -> Got {
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         headers.insert(0, ("Host".to_string(), authority.to_string()));
     }
+    let lines: Vec<crate::plan::header::Line> = headers
+        .iter()
+        .map(|(n, v)| crate::plan::header::line_of(n, v))
+        .collect();
     let request = Request {
         method: &e.method,
         target: &e.url,
         version: "HTTP/1.1",
-        headers: &headers,
+        headers: &lines,
         remote: SocketAddr::from(([127, 0, 0, 1], 50000)),
         socket: &socket.addr,
         local: &local,

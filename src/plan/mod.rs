@@ -5,6 +5,7 @@
 //! tables, each server's location tree, every location's merged settings (inheritance done),
 //! rewrite programs, compiled templates and regexes, upstream groups.
 
+pub mod header;
 pub mod listen;
 pub mod locations;
 pub mod lower;

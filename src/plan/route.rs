@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::header::Line;
 use super::locations::Match;
 use super::names::validate_host;
 use super::pages;
@@ -30,7 +31,7 @@ pub struct Request<'a> {
     /// `HTTP/1.1`, `HTTP/1.0`.
     pub version: &'a str,
     /// Header lines in the order received.
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [super::header::Line],
     pub remote: SocketAddr,
     /// The local address the request came in on.
     pub local: &'a ListenAddr,
@@ -776,7 +777,7 @@ pub fn valid_authority(authority: &str) -> bool {
         && port.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn header<'r>(headers: &'r [(String, String)], name: &str) -> Option<&'r str> {
+fn header<'r>(headers: &'r [Line], name: &str) -> Option<&'r str> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -786,13 +787,10 @@ fn header<'r>(headers: &'r [(String, String)], name: &str) -> Option<&'r str> {
 /// nginx ignores header lines with invalid names (with `_` unless `underscores_in_headers`).
 /// The header lines nginx keeps (`ignore_invalid_headers`, `underscores_in_headers`):
 /// borrowed when it keeps them all, as it nearly always does.
-fn filter_headers<'h>(
-    headers: &'h [(String, String)],
-    conf: &LocConf,
-) -> Cow<'h, [(String, String)]> {
+fn filter_headers<'h>(headers: &'h [Line], conf: &LocConf) -> Cow<'h, [Line]> {
     let underscores = conf.settings.underscores_in_headers();
     let ignore = conf.settings.ignore_invalid_headers();
-    let valid = |(n, _): &&(String, String)| {
+    let valid = |(n, _): &&Line| {
         !ignore
             || n.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (b == b'_' && underscores))
@@ -823,7 +821,7 @@ struct State<'p> {
     quoted: bool,
     plus: bool,
     unparsed: Cow<'p, str>,
-    headers: Cow<'p, [(String, String)]>,
+    headers: Cow<'p, [Line]>,
     captures: Option<Captures>,
     vars: HashMap<String, String>,
     conf: Arc<LocConf>,

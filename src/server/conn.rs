@@ -752,9 +752,10 @@ pub async fn respond<S: AsyncWrite + Unpin>(
         headers,
     };
     ex.note_headers(&head.headers);
-    let mut out = head.to_bytes();
+    let send_body = ex.head.method != "HEAD" && !bodyless;
+    let mut out = head.to_bytes_with_room(if send_body { body.len() } else { 0 });
     let head_len = out.len();
-    if ex.head.method != "HEAD" && !bodyless {
+    if send_body {
         out.extend_from_slice(body);
     }
     ex.record(status, out.len(), out.len() - head_len);
@@ -999,9 +1000,10 @@ pub fn known_vars(ex: &Exchange<'_>) -> Vec<(String, String)> {
     ex.served
         .lock()
         .map(|s| {
+            // Named only when they have a value: no strings for an answer no upstream made.
             let mut known: Vec<(String, String)> = NAMES
                 .iter()
-                .filter_map(|n| Some((n.to_string(), s.upstream_var(n)?)))
+                .filter_map(|n| s.upstream_var(n).map(|v| (n.to_string(), v)))
                 .collect();
             if let Some(body) = &s.request_body {
                 known.push(("request_body".to_string(), body.clone()));
@@ -1070,7 +1072,7 @@ async fn error_page_with<S: AsyncWrite + Unpin>(
         status: shown,
         headers,
     };
-    let mut out = head.to_bytes();
+    let mut out = head.to_bytes_with_room(body.len());
     out.extend_from_slice(body.as_bytes());
     io.write_all(&out).await?;
     io.flush().await
