@@ -141,24 +141,20 @@ where
                     }
                 }
             }
-            // Written into its allocation: `Box::pin(f())` builds the 2 KiB future on the
-            // stack and copies it over.
-            let next = Box::into_pin(Box::write(
-                Box::new_uninit(),
-                next_request(
-                    &mut io,
-                    &mut conn,
-                    Wait {
-                        deadline,
-                        idle,
-                        waiting,
-                        generation,
-                    },
-                    default_conf,
-                    (peer, &local, &configured),
-                    &shared,
-                    &tls,
-                ),
+            // The request's state, 2 KiB, boxed for the request's life only.
+            let next = boxed(next_request(
+                &mut io,
+                &mut conn,
+                Wait {
+                    deadline,
+                    idle,
+                    waiting,
+                    generation,
+                },
+                default_conf,
+                (peer, &local, &configured),
+                &shared,
+                &tls,
             ));
             if !next.await {
                 return;
@@ -437,8 +433,10 @@ pub fn serve_error<'a, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Boxed: the page may be proxied again, and its errors served here again.
-    Box::pin(async move {
+    // Boxed: the page may be proxied again, and its errors served here again. Written into
+    // its allocation, and small: the page's own serving is boxed apart, only when there is
+    // one (a copy of that state made every 404 write ~4 KiB of cold memory).
+    boxed(async move {
         let known = known_vars(ex);
         let Some(page) = route::error_page(
             plan,
@@ -472,7 +470,16 @@ where
         add.extend(keep.into_iter().map(|(n, v)| (n, v, true)));
         // The body has been read (or is gone): the page's handler gets none.
         let inner = ex.redirected(ex.head, &add, &page, ex.request, ex.preserved);
-        let result = serve_outcome(io, buf, &inner, &page, plan, shared, ex.keepalive).await;
+        let result = boxed(serve_outcome(
+            io,
+            buf,
+            &inner,
+            &page,
+            plan,
+            shared,
+            ex.keepalive,
+        ))
+        .await;
         if let (Ok(mut outer), Ok(served)) = (ex.served.lock(), inner.served.lock()) {
             let before = outer.clone();
             *outer = served.clone();
@@ -585,15 +592,15 @@ where
             }
             Box::pin(files::listing(io, buf, &ex, &decision, plan, shared, path)).await
         }
-        Outcome::Proxy { .. } => {
-            // Written into its allocation (see `serve`).
-            Box::into_pin(Box::write(
-                Box::new_uninit(),
-                proxy::serve(io, buf, &ex, &decision, plan, shared),
-            ))
-            .await
-        }
+        Outcome::Proxy { .. } => boxed(proxy::serve(io, buf, &ex, &decision, plan, shared)).await,
     }
+}
+
+/// `fut` in a box of its own, written into its allocation: `Box::pin(fut)` builds the future
+/// on the stack and copies it over (kilobytes, for a request's state).
+#[inline(always)]
+fn boxed<F: std::future::Future>(fut: F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), fut))
 }
 
 /// Drops the body of a request already answered: `Ok(true)` if the connection can go on.
