@@ -446,7 +446,7 @@ where
     // Boxed: the page may be proxied again, and its errors served here again. Written into
     // its allocation, and small: the page's own serving is boxed apart, only when there is
     // one (a copy of that state made every 404 write ~4 KiB of cold memory).
-    let page = boxed!(async move {
+    let serving = boxed!(async move {
         let known = known_vars(ex);
         let Some(page) = route::error_page(
             plan,
@@ -509,7 +509,7 @@ where
         }
         result
     });
-    page
+    serving
 }
 
 async fn serve_outcome<S>(
