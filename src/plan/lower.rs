@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::listen::{self, ListenAddr, ListenOpts};
 use super::names::{NameTable, ServerName};
 use super::regex::Regex;
+use super::route::Redirect;
 use super::settings::{
     AccessLog, AccessRule, AddHeader, ErrorPage, NextUpstream, ProxyRedirect, RealIpHeader, Root,
     ServerTokens, SessionCache, Settings,
@@ -1268,7 +1269,7 @@ impl<'a> Lowerer<'a> {
                 conf.location_name = parent.location_name.clone();
                 conf.alias_name = parent.alias_name.clone();
                 conf.proxy = self
-                    .proxy_pass(&inner, Level::If)
+                    .proxy_pass(&inner, Level::If, &parent.location_name)
                     .or_else(|| parent.proxy.clone());
                 conf.try_files = None;
                 self.rewrite_program(&inner, &mut conf, Level::If);
@@ -1360,7 +1361,14 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn proxy_pass(&mut self, items: &[Item<'a>], level: Level) -> Option<Arc<ProxyPass>> {
+    /// `location_name`: the location's, which `proxy_redirect default` puts in place of the
+    /// URL's URI part.
+    fn proxy_pass(
+        &mut self,
+        items: &[Item<'a>],
+        level: Level,
+        location_name: &str,
+    ) -> Option<Arc<ProxyPass>> {
         let (_, d) = items
             .iter()
             .find(|(_, d)| d.name() == "proxy_pass" && d.args.len() == 1)?;
@@ -1465,10 +1473,26 @@ impl<'a> Lowerer<'a> {
                 _ => authority.to_string(),
             }
         };
+        // `proxy_redirect default`: the URL (with a slash when it has no URI part) becomes
+        // the location's name (or a slash). Written here, as nginx's merge writes it once.
+        let default_redirect: Arc<[Redirect]> = if url.has_variables() {
+            Arc::from([])
+        } else if uri.is_some() {
+            Arc::from([Redirect::Prefix {
+                from: url.source.clone(),
+                to: location_name.to_string(),
+            }])
+        } else {
+            Arc::from([Redirect::Prefix {
+                from: format!("{}/", url.source),
+                to: "/".into(),
+            }])
+        };
         Some(Arc::new(ProxyPass {
             url,
             https,
             upstream,
+            default_redirect,
             host: proxy_host,
             port,
             uri,
@@ -1605,7 +1629,7 @@ impl<'a> Lowerer<'a> {
             } else {
                 parent.alias_name.clone()
             };
-            conf.proxy = self.proxy_pass(&inner, lvl);
+            conf.proxy = self.proxy_pass(&inner, lvl, &conf.location_name);
             conf.try_files = self.try_files(&inner);
             self.limit_except(&inner, &mut conf);
             self.rewrite_program(&inner, &mut conf, lvl);
@@ -1663,7 +1687,7 @@ impl<'a> Lowerer<'a> {
         self.own_settings(&inner, &mut le.settings, Level::LimitExcept);
         le.settings.inherit(&conf.settings);
         le.proxy = self
-            .proxy_pass(&inner, Level::LimitExcept)
+            .proxy_pass(&inner, Level::LimitExcept, &conf.location_name)
             .or_else(|| conf.proxy.clone());
         le.location_name = conf.location_name.clone();
         le.alias_name = conf.alias_name.clone();

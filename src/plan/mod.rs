@@ -266,6 +266,9 @@ pub struct ProxyPass {
     pub https: bool,
     /// The upstream group, when the URL names one without variables.
     pub upstream: Option<Arc<Upstream>>,
+    /// What `proxy_redirect default` means for this URL in its location (empty for a URL
+    /// with variables, where nginx's default does nothing).
+    pub default_redirect: Arc<[route::Redirect]>,
     /// `$proxy_host`: the host part as written, with the port unless it is the default.
     pub host: String,
     pub port: u16,

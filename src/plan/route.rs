@@ -189,12 +189,12 @@ pub enum Outcome {
         body: Option<String>,
     },
     Proxy {
-        upstream: String,
+        upstream: ProxyTo,
         #[serde(skip)]
         pass: Arc<ProxyPass>,
         /// `proxy_redirect` rules, resolved for this request.
         #[serde(skip)]
-        redirects: Vec<Redirect>,
+        redirects: Arc<[Redirect]>,
         /// The host and port when the upstream is not a known group (variables in the URL).
         url: Option<String>,
         /// The evaluated key of the group's `hash`, when it balances by one.
@@ -255,6 +255,52 @@ impl CookieRules {
         }
         parts.join(";")
     }
+}
+
+/// Where a proxied request goes: a group of the plan (an `upstream` block, or the implicit
+/// group of a URL without variables), or the authority of a URL with variables that names
+/// no block, resolved when the request is sent.
+#[derive(Clone, Debug)]
+pub enum ProxyTo {
+    Group(Arc<super::Upstream>),
+    Direct(String),
+}
+
+impl ProxyTo {
+    /// The group's name, or the authority.
+    pub fn name(&self) -> &str {
+        match self {
+            ProxyTo::Group(group) => &group.name,
+            ProxyTo::Direct(authority) => authority,
+        }
+    }
+
+    pub fn group(&self) -> Option<&Arc<super::Upstream>> {
+        match self {
+            ProxyTo::Group(group) => Some(group),
+            ProxyTo::Direct(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ProxyTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for ProxyTo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// `$proxy_host` and `$proxy_port` of a proxied request.
+enum ProxyHost {
+    /// Those of a URL without variables, in the plan.
+    Pass(Arc<ProxyPass>),
+    /// Those of a URL with variables, as evaluated.
+    Url(String, u16),
 }
 
 /// A `proxy_redirect` rule with its variables evaluated.
@@ -833,7 +879,7 @@ struct State<'p> {
     /// try_files in a regex location with `alias`: the file is the alias followed by the
     /// URI (nginx's `add_uri_to_alias`).
     add_uri_to_alias: bool,
-    proxy: Option<(String, u16)>,
+    proxy: Option<ProxyHost>,
     trace: Vec<String>,
     /// Whether to write the trace (`portico route`); serving skips the work.
     explain: bool,
@@ -1679,7 +1725,7 @@ impl<'p> State<'p> {
         let conf = self.conf.clone();
         let s = &conf.settings;
         let mut url_text = None;
-        let (uri_part, host, port, upstream) = if pass.url.has_variables() {
+        let (uri_part, upstream) = if pass.url.has_variables() {
             let url = self.eval(&pass.url);
             if !url.starts_with("http://") && !url.starts_with("https://") {
                 // nginx: "invalid URL prefix", and a 500.
@@ -1705,36 +1751,30 @@ impl<'p> State<'p> {
                 authority.to_string()
             };
             url_text = Some(url.clone());
-            let group = self
+            // A group of that name, or the address itself (resolved when sent).
+            let to = match self
                 .plan
                 .upstreams
                 .iter()
                 .find(|u| !u.implicit && u.name == authority)
-                .map(|u| u.name.clone());
-            (
-                uri,
-                host_header,
-                p,
-                group.unwrap_or_else(|| authority.to_string()),
-            )
+            {
+                Some(group) => ProxyTo::Group(group.clone()),
+                None => ProxyTo::Direct(authority.to_string()),
+            };
+            self.proxy = Some(ProxyHost::Url(host_header, p));
+            (uri.map(Cow::Owned), to)
         } else {
-            let name = pass
-                .upstream
-                .as_ref()
-                .map_or_else(|| pass.host.clone(), |u| u.name.clone());
-            (pass.uri.clone(), pass.host.clone(), pass.port, name)
+            let to = match &pass.upstream {
+                Some(group) => ProxyTo::Group(group.clone()),
+                None => ProxyTo::Direct(pass.host.clone()),
+            };
+            self.proxy = Some(ProxyHost::Pass(pass.clone()));
+            (pass.uri.as_deref().map(Cow::Borrowed), to)
         };
-        self.proxy = Some((host, port));
-        let hash_key = self
-            .plan
-            .upstreams
-            .iter()
-            .find(|u| u.name == upstream)
-            .and_then(|u| match &u.balance {
-                super::Balance::Hash { key, .. } => Some(key),
-                _ => None,
-            })
-            .map(|key| self.eval(key));
+        let hash_key = match upstream.group().map(|g| &g.balance) {
+            Some(super::Balance::Hash { key, .. }) => Some(self.eval(key)),
+            _ => None,
+        };
         let version = match s.proxy_http_version() {
             "1.0" => Cow::Borrowed("HTTP/1.0"),
             "1.1" => Cow::Borrowed("HTTP/1.1"),
@@ -1746,42 +1786,33 @@ impl<'p> State<'p> {
             None => UpstreamRequest::start(self.req.method, target, &version),
         };
         self.upstream_headers(s, &mut request);
-        let mut redirects = Vec::new();
-        for r in s.proxy_redirect() {
-            match r {
-                ProxyRedirect::Off => {
-                    redirects.clear();
-                    break;
-                }
-                ProxyRedirect::Default if !pass.url.has_variables() => {
-                    let url = &pass.url.source;
-                    if pass.uri.is_some() {
-                        let to = self.conf.location_name.clone();
-                        redirects.push(Redirect::Prefix {
-                            from: url.clone(),
-                            to,
-                        });
-                    } else {
-                        let mut from = String::with_capacity(url.len() + 1);
-                        from.push_str(url);
-                        from.push('/');
-                        redirects.push(Redirect::Prefix {
-                            from,
-                            to: "/".into(),
-                        });
+        let redirects = match s.proxy_redirect() {
+            // nginx's default, the plan's own rule: nothing to evaluate or copy.
+            [ProxyRedirect::Default] => pass.default_redirect.clone(),
+            rules => {
+                let mut redirects = Vec::new();
+                for r in rules {
+                    match r {
+                        ProxyRedirect::Off => {
+                            redirects.clear();
+                            break;
+                        }
+                        ProxyRedirect::Default => {
+                            redirects.extend(pass.default_redirect.iter().cloned());
+                        }
+                        ProxyRedirect::Replace { from, to } => {
+                            let (from, to) = (self.eval(from), self.eval(to));
+                            redirects.push(Redirect::Prefix { from, to });
+                        }
+                        ProxyRedirect::Regex { regex, to } => redirects.push(Redirect::Regex {
+                            regex: regex.clone(),
+                            to: to.clone(),
+                        }),
                     }
                 }
-                ProxyRedirect::Default => {}
-                ProxyRedirect::Replace { from, to } => {
-                    let (from, to) = (self.eval(&from), self.eval(&to));
-                    redirects.push(Redirect::Prefix { from, to });
-                }
-                ProxyRedirect::Regex { regex, to } => redirects.push(Redirect::Regex {
-                    regex: regex.clone(),
-                    to: to.clone(),
-                }),
+                Arc::from(redirects)
             }
-        }
+        };
         let mut cookies = CookieRules::default();
         for (rules, out) in [
             (s.proxy_cookie_domain(), &mut cookies.domain),
@@ -1930,8 +1961,17 @@ impl Resolve for State<'_> {
             Var::Request => Cow::Owned(format!("{} {} {}", req.method, req.target, req.version)),
             Var::ContentType => Cow::Borrowed(header(&self.headers, "content-type")?),
             Var::ContentLength => Cow::Borrowed(header(&self.headers, "content-length")?),
-            Var::ProxyHost => Cow::Borrowed(self.proxy.as_ref()?.0.as_str()),
-            Var::ProxyPort => Cow::Owned(self.proxy.as_ref()?.1.to_string()),
+            Var::ProxyHost => Cow::Borrowed(match self.proxy.as_ref()? {
+                ProxyHost::Pass(pass) => pass.host.as_str(),
+                ProxyHost::Url(host, _) => host.as_str(),
+            }),
+            Var::ProxyPort => Cow::Owned(
+                match self.proxy.as_ref()? {
+                    ProxyHost::Pass(pass) => pass.port,
+                    ProxyHost::Url(_, port) => *port,
+                }
+                .to_string(),
+            ),
             Var::ProxyAddXForwardedFor => {
                 let ip = self.remote.ip().to_string();
                 let xff: Vec<&str> = self

@@ -20,7 +20,7 @@ use super::http1::{self, Framing};
 use super::log::{Tried, UpstreamState};
 use super::pool::{Conn, Stream};
 use super::upstreams::Lease;
-use crate::plan::route::{Decision, Outcome};
+use crate::plan::route::{Decision, Outcome, ProxyTo};
 use crate::plan::{Keepalive, Peer, PeerAddr, Plan, Settings};
 
 /// Why an upstream attempt failed.
@@ -69,7 +69,6 @@ where
     let Outcome::Proxy {
         upstream,
         request,
-        url,
         pass,
         redirects,
         hash_key,
@@ -116,22 +115,21 @@ where
             keep: s.client_body_buffer_size() as usize,
         }
     };
-    let group = plan.upstreams.iter().find(|u| u.name == *upstream);
-    let keepalive = group.and_then(|g| g.keepalive.clone());
+    let group = upstream.group();
+    let keepalive = group.and_then(|g| g.keepalive.as_ref());
     let cap = s.proxy_next_upstream_tries() as usize;
-    // A known group is balanced; a URL with variables naming none is one server, resolved now.
-    let mut selection = match group {
-        Some(group) if url.is_none() || !group.implicit => Some(shared.upstreams.select(
+    // A group is balanced; a URL with variables naming none is one server, resolved now.
+    let mut selection = group.map(|group| {
+        shared.upstreams.select(
             group,
             Some(decision.remote.unwrap_or(ex.request.remote).ip()),
             hash_key.as_deref(),
             cap,
-        )),
-        _ => None,
-    };
-    let mut direct = match selection {
-        None => direct_peer(upstream, pass.https),
-        Some(_) => None,
+        )
+    });
+    let mut direct = match upstream {
+        ProxyTo::Direct(authority) => direct_peer(authority, pass.https),
+        ProxyTo::Group(_) => None,
     };
     let head = request_head(request, ex.framing, &body);
     let next = s.proxy_next_upstream();
@@ -196,10 +194,10 @@ where
         states.push(state(Tried::Peer(peer.clone()), now));
         let mut connected = None;
         let target = Target {
-            group: upstream,
+            group: upstream.name(),
             addr: &peer.text,
             peer: &peer,
-            keepalive: keepalive.as_ref(),
+            keepalive,
             https: pass.https,
         };
         let outcome = attempt(
