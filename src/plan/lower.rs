@@ -653,7 +653,29 @@ impl<'a> Lowerer<'a> {
 
     /// Settings a block sets itself (not those of nested blocks).
     fn own_settings(&mut self, items: &[Item<'a>], s: &mut Settings, level: Level) {
+        // `proxy_redirect default` reads this block's proxy_pass, which must come first and
+        // have no variables (nginx refuses the configuration otherwise). `Some(variables)`.
+        let mut proxy_pass = None;
         for (file, d) in items {
+            match d.name() {
+                "proxy_pass" => proxy_pass = Some(d.args.iter().any(|a| a.value.contains('$'))),
+                "proxy_redirect" if d.args.len() == 1 && d.args[0].value == "default" => {
+                    match proxy_pass {
+                        Some(true) => self.error(
+                            d,
+                            "proxy-redirect",
+                            "\"proxy_redirect default\" cannot be used with \"proxy_pass\" directive with variables",
+                        ),
+                        None => self.error(
+                            d,
+                            "proxy-redirect",
+                            "\"proxy_redirect default\" should be placed after the \"proxy_pass\" directive",
+                        ),
+                        Some(false) => {}
+                    }
+                }
+                _ => {}
+            }
             if d.name() == "types" {
                 if let Some(b) = &d.block {
                     let entries = self.expand(*file, &b.directives);
