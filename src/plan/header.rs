@@ -112,9 +112,13 @@ pub fn name_of(name: &str) -> Cow<'static, str> {
         }
         table
     });
-    let found = BY_LEN
-        .get(name.len())
-        .and_then(|same| same.iter().find(|k| k.as_bytes() == name.as_bytes()));
+    // The first byte tells most names of a length apart (Accept, Cookie, Origin, Server
+    // and their lower-case spellings are all six): one comparison where there were several.
+    let first = name.as_bytes().first().copied();
+    let found = BY_LEN.get(name.len()).and_then(|same| {
+        same.iter()
+            .find(|k| k.as_bytes().first().copied() == first && k.as_bytes() == name.as_bytes())
+    });
     match found {
         Some(k) => Cow::Borrowed(k),
         None => Cow::Owned(name.to_string()),

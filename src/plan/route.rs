@@ -836,11 +836,26 @@ fn header<'r>(headers: &'r [Line], name: &str) -> Option<&'r str> {
 fn filter_headers<'h>(headers: &'h [Line], conf: &LocConf) -> Cow<'h, [Line]> {
     let underscores = conf.settings.underscores_in_headers();
     let ignore = conf.settings.ignore_invalid_headers();
-    let valid = |(n, _): &&Line| {
-        !ignore
-            || n.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (b == b'_' && underscores))
+    // A byte's class, looked up: letters, digits and `-` are name bytes, `_` is one with
+    // underscores_in_headers.
+    const NAME: u8 = 1;
+    const UNDERSCORE: u8 = 2;
+    const CLASS: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            if c.is_ascii_alphanumeric() || c == b'-' {
+                t[b] = NAME;
+            } else if c == b'_' {
+                t[b] = UNDERSCORE;
+            }
+            b += 1;
+        }
+        t
     };
+    let allowed = if underscores { NAME | UNDERSCORE } else { NAME };
+    let valid = |(n, _): &&Line| !ignore || n.bytes().all(|b| CLASS[b as usize] & allowed != 0);
     if headers.iter().all(|h| valid(&h)) {
         return Cow::Borrowed(headers);
     }

@@ -840,6 +840,15 @@ fn keepalive_disabled(head: &Head, s: &crate::plan::Settings) -> bool {
     if rules.iter().any(|r| r == "none") {
         return false;
     }
+    // Only a POST can be msie6's; the User-Agent is not read when neither rule can apply
+    // (nearly always: the default is msie6, and most requests are GETs).
+    let (msie6_rule, safari_rule) = (
+        head.method == "POST" && rules.iter().any(|r| r == "msie6"),
+        rules.iter().any(|r| r == "safari"),
+    );
+    if !msie6_rule && !safari_rule {
+        return false;
+    }
     let Some(ua) = head.header("user-agent") else {
         return false;
     };
@@ -860,8 +869,7 @@ fn keepalive_disabled(head: &Head, s: &crate::plan::Settings) -> bool {
         && !ua.contains("Chrome/")
         && ua.contains("Safari/")
         && ua.contains("Mac OS X");
-    (msie6 && head.method == "POST" && rules.iter().any(|r| r == "msie6"))
-        || (safari && rules.iter().any(|r| r == "safari"))
+    (msie6 && msie6_rule) || (safari && safari_rule)
 }
 
 /// The Content-Type an `X-Accel-Redirect` kept, if any.

@@ -113,7 +113,7 @@ pub async fn read_head<R: AsyncRead + Unpin>(
 /// Parses a complete head at the start of `buf`: `Ok(None)` when more bytes are needed.
 fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refused> {
     // The request line's length decides 414 before anything else.
-    let line_end = buf.iter().position(|&b| b == b'\n');
+    let line_end = memchr::memchr(b'\n', buf);
     match line_end {
         None if buf.len() > limits.line => return Err(Refused(414)),
         Some(i) if i > limits.line => return Err(Refused(414)),
@@ -165,7 +165,7 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refus
             }
             let target = req.path.unwrap_or("").to_string();
             let version = (1, req.version.unwrap_or(1));
-            let lines = buf[..len].iter().filter(|&&b| b == b'\n').count();
+            let lines = memchr::memchr_iter(b'\n', &buf[..len]).count();
             let headers = if lines == req.headers.len() + 2 {
                 let mut headers = Vec::with_capacity(req.headers.len());
                 for h in req.headers.iter() {
