@@ -172,7 +172,7 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refus
                     if h.name.len() > limits.line || h.value.len() > limits.line {
                         return Err(Refused(494));
                     }
-                    headers.push(line_of(h.name, text(h.value).trim()));
+                    headers.push(line_of(h.name, &text(value_of(buf, h.value))));
                 }
                 headers
             } else {
@@ -211,8 +211,41 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Refus
     }
 }
 
+/// A header's value as nginx's parser reads it: the line after the colon without the spaces
+/// around it. Tabs are the value's (nginx 1.22 skips only spaces); httparse leaves out both,
+/// so the value is widened back over the blanks it dropped, in `head`, the bytes it parsed.
+pub fn value_of<'h>(head: &'h [u8], value: &'h [u8]) -> &'h [u8] {
+    let base = head.as_ptr() as usize;
+    let Some(start) = (value.as_ptr() as usize).checked_sub(base) else {
+        return value;
+    };
+    let end = start + value.len();
+    if end > head.len() {
+        return value;
+    }
+    // Nearly always `Name: value\r\n`: nothing was left out.
+    if start >= 2 && &head[start - 2..start] == b": " && head.get(end) == Some(&b'\r') {
+        return value;
+    }
+    let blank = |b: u8| b == b' ' || b == b'\t';
+    let (mut from, mut to) = (start, end);
+    while from > 0 && blank(head[from - 1]) {
+        from -= 1;
+    }
+    while to < head.len() && blank(head[to]) {
+        to += 1;
+    }
+    while from < to && head[from] == b' ' {
+        from += 1;
+    }
+    while to > from && head[to - 1] == b' ' {
+        to -= 1;
+    }
+    &head[from..to]
+}
+
 /// The header lines of a complete head, read as nginx's `ngx_http_parse_header_line` reads
-/// them: a value is any bytes but NUL (a 400), trimmed of blanks; a line without a colon or
+/// them: a value is any bytes but NUL (a 400), trimmed of spaces; a line without a colon or
 /// starting with a blank is ignored. Names are checked later (`ignore_invalid_headers`).
 fn header_lines(head: &[u8], limits: &Limits) -> Result<Vec<Line>, Refused> {
     let mut headers = Vec::new();
@@ -234,7 +267,8 @@ fn header_lines(head: &[u8], limits: &Limits) -> Result<Vec<Line>, Refused> {
         if name.is_empty() || name[0] == b' ' || name[0] == b'\t' {
             continue;
         }
-        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        // Spaces around the value are not the value's; tabs are (see `value_of`).
+        let blank = |b: &u8| *b == b' ';
         let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
         let end = value
             .iter()
@@ -470,6 +504,25 @@ mod tests {
         line: 8192,
         total: 32768,
     };
+
+    /// nginx 1.22 takes the spaces around a value off and keeps tabs and every other byte
+    /// (checked against it with `return 200 "[$http_x_a]"`).
+    #[test]
+    fn values_lose_their_spaces_and_keep_their_tabs() {
+        for (sent, value) in [
+            (" \tv\t ", "\tv\t"),
+            (" a \t b ", "a \t b"),
+            (" \t ", "\t"),
+            ("   ", ""),
+            ("", ""),
+            (" v\x0b", "v\x0b"),
+            ("v\u{a0} ", "v\u{a0}"),
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-A:{sent}\r\n\r\n");
+            let (head, _) = parse_head(raw.as_bytes(), L).unwrap().unwrap();
+            assert_eq!(head.header("x-a"), Some(value), "{sent:?}");
+        }
+    }
 
     #[test]
     fn text_keeps_short_values_in_place() {

@@ -712,7 +712,7 @@ where
                 let headers = resp
                     .headers
                     .iter()
-                    .map(|h| http1::line_of(h.name, http1::text(h.value).trim()))
+                    .map(|h| http1::line_of(h.name, &http1::text(http1::value_of(&got, h.value))))
                     .collect::<Vec<_>>();
                 break (
                     resp.code.unwrap_or(502),
