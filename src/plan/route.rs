@@ -1011,7 +1011,10 @@ impl<'p> State<'p> {
         self.captures = Some(c);
     }
 
-    fn finish(self, outcome: Outcome) -> Decision {
+    /// The decision, from what the request came to. The state is spent: its URI, args,
+    /// trace and location move into the decision (by `&mut`: a `State` moved by value into
+    /// each of these steps was a memcpy of it per request).
+    fn finish(&mut self, outcome: Outcome) -> Decision {
         let mut add_headers = Vec::new();
         let mut late_headers = Vec::new();
         for h in self.conf.settings.add_header().iter() {
@@ -1049,16 +1052,16 @@ impl<'p> State<'p> {
             status: None,
             internal: self.internal,
             server: self.server.index,
-            location: self.location,
-            conf: self.conf,
+            location: self.location.take(),
+            conf: self.conf.clone(),
             outcome,
-            uri: self.uri,
-            args: self.args,
-            trace: self.trace,
+            uri: std::mem::take(&mut self.uri),
+            args: std::mem::take(&mut self.args),
+            trace: std::mem::take(&mut self.trace),
         }
     }
 
-    fn finish_error(mut self, status: u16) -> Decision {
+    fn finish_error(&mut self, status: u16) -> Decision {
         let outcome = self.status(status, None);
         self.finish(outcome)
     }
@@ -1327,7 +1330,7 @@ impl<'p> State<'p> {
         }
     }
 
-    fn find_and_serve(mut self, files: &dyn FileCheck) -> Decision {
+    fn find_and_serve(&mut self, files: &dyn FileCheck) -> Decision {
         let mut cycles = 0;
         loop {
             cycles += 1;
@@ -1431,7 +1434,7 @@ impl<'p> State<'p> {
 
     /// `error_page` applies to answers with an error status.
     fn serve_result(
-        mut self,
+        &mut self,
         outcome: Outcome,
         files: &dyn FileCheck,
         cycles: &mut usize,
