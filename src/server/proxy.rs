@@ -495,9 +495,20 @@ where
     S: AsyncRead + Unpin,
 {
     let key = target.addr;
-    let mut pooled = target
-        .keepalive
-        .and_then(|k| shared.pool.take(target.group, key, ms(k.timeout), now));
+    let take = || {
+        target
+            .keepalive
+            .and_then(|k| shared.pool.take(target.group, key, ms(k.timeout), now))
+    };
+    let mut pooled = take();
+    if pooled.is_none() && target.keepalive.is_some() {
+        // None idle: the tasks already woken go first (answers from the upstream among them,
+        // whose connections return to the pool), then the pool is asked again. Under load
+        // that reuses a connection freed a moment later instead of opening one (and closing
+        // one when the pool overflows); idle, it costs one pass of the scheduler.
+        tokio::task::yield_now().await;
+        pooled = take();
+    }
     loop {
         let reused = pooled.is_some();
         // When the connection was ready: a kept one is there at once.
