@@ -8,12 +8,13 @@
 //! is missing for a moment (deleted, then written) fails that reload, which keeps the last good
 //! plan, and the write that brings it back triggers the next.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use notify::{EventKind, RecursiveMode, Watcher as _};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::reload::Watched;
@@ -24,9 +25,13 @@ pub const QUIET: Duration = Duration::from_millis(100);
 pub const AT_MOST: Duration = Duration::from_secs(1);
 
 pub struct Watcher {
-    inner: notify::RecommendedWatcher,
-    dirs: BTreeSet<PathBuf>,
+    watches: inotify::Watches,
+    /// The watched directories and their watch descriptors.
+    dirs: BTreeMap<PathBuf, WatchDescriptor>,
+    /// The same, by descriptor, for the reading task (events name their directory by it).
+    by_wd: Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>,
     wanted: Arc<Mutex<Wanted>>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 /// The paths whose events matter.
@@ -92,34 +97,39 @@ impl Wanted {
 impl Watcher {
     /// Starts watching; each debounced burst of changes sends one `()` on `changes`. `None` (and
     /// a warning) when the system's watcher cannot be had: the server then reloads on signals.
+    ///
+    /// inotify is read by a task on the server's own runtime, not by a thread of its own: a
+    /// second thread in the process makes every socket call of the serving one take the
+    /// kernel's shared-descriptor-table path (a reference count taken and dropped per call;
+    /// 2 % of requests per second on `tests/bench/run`'s small answers).
     pub fn start(watched: &Watched, changes: UnboundedSender<()>) -> Option<Watcher> {
         let (wanted, dirs) = Wanted::of(watched);
         let wanted = Arc::new(Mutex::new(wanted));
-        let (raw_tx, raw_rx) = unbounded_channel();
-        let filter = wanted.clone();
-        let handler = move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            // Opening and reading a file (the compiler does) changes nothing.
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
-            }
-            let Ok(wanted) = filter.lock() else { return };
-            if event.paths.iter().any(|p| wanted.matters(p)) {
-                let _ = raw_tx.send(());
-            }
-        };
-        let inner = match notify::recommended_watcher(handler) {
-            Ok(w) => w,
+        let inotify = match Inotify::init().and_then(|i| {
+            let watches = i.watches();
+            // SAFETY: the `Inotify` owns its descriptor and closes it only when dropped,
+            // which the `AsyncFd` holding it does last; `as_raw_fd` always returns that one.
+            let fd = unsafe { AsyncFd::register_with_interest(i, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)?;
+            Ok((fd, watches))
+        }) {
+            Ok(i) => i,
             Err(e) => {
                 tracing::warn!("cannot watch the configuration files ({e}); reload with SIGHUP");
                 return None;
             }
         };
+        let (fd, watches) = inotify;
+        let by_wd = Arc::new(Mutex::new(HashMap::new()));
+        let (raw_tx, raw_rx) = unbounded_channel();
+        let reader = tokio::spawn(read_events(fd, by_wd.clone(), wanted.clone(), raw_tx));
         tokio::spawn(debounce(raw_rx, changes));
         let mut watcher = Watcher {
-            inner,
-            dirs: BTreeSet::new(),
+            watches,
+            dirs: BTreeMap::new(),
+            by_wd,
             wanted,
+            reader,
         };
         watcher.watch_dirs(dirs);
         Some(watcher)
@@ -135,19 +145,29 @@ impl Watcher {
     }
 
     fn watch_dirs(&mut self, dirs: BTreeSet<PathBuf>) {
-        for gone in self.dirs.difference(&dirs) {
-            let _ = self.inner.unwatch(gone);
+        let gone: Vec<PathBuf> = self
+            .dirs
+            .keys()
+            .filter(|d| !dirs.contains(*d))
+            .cloned()
+            .collect();
+        for d in gone {
+            if let Some(wd) = self.dirs.remove(&d) {
+                self.forget(&wd);
+                let _ = self.watches.remove(wd);
+            }
         }
-        let mut watching = BTreeSet::new();
         for d in dirs {
-            if self.dirs.contains(&d) {
-                watching.insert(d);
+            if self.dirs.contains_key(&d) {
                 continue;
             }
-            match self.inner.watch(&d, RecursiveMode::NonRecursive) {
-                Ok(()) => {
+            match self.watches.add(&d, WATCHED) {
+                Ok(wd) => {
                     tracing::debug!(dir = %d.display(), "watching");
-                    watching.insert(d);
+                    if let Ok(mut by_wd) = self.by_wd.lock() {
+                        by_wd.insert(wd.clone(), d.clone());
+                    }
+                    self.dirs.insert(d, wd);
                 }
                 // A directory an include glob names may not exist yet: not worth a warning
                 // at every reload.
@@ -157,7 +177,80 @@ impl Watcher {
                 Err(e) => tracing::warn!("cannot watch \"{}\" ({e})", d.display()),
             }
         }
-        self.dirs = watching;
+    }
+
+    fn forget(&self, wd: &WatchDescriptor) {
+        if let Ok(mut by_wd) = self.by_wd.lock() {
+            by_wd.remove(wd);
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// What is watched in each directory: a file written, created, removed, renamed, its
+/// metadata changed (a `touch`), and the directory itself removed or moved. Not reads:
+/// opening and reading a file (the compiler does) changes nothing.
+const WATCHED: WatchMask = WatchMask::MODIFY
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::CREATE)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF);
+
+/// Reads inotify's events as they come; one `()` on `raw` for each batch that names a path
+/// that matters (or overflowed, when which ones is unknown).
+async fn read_events(
+    mut fd: AsyncFd<Inotify>,
+    by_wd: Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>,
+    wanted: Arc<Mutex<Wanted>>,
+    raw: UnboundedSender<()>,
+) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok(mut ready) = fd.readable_mut().await else {
+            return;
+        };
+        let events = match ready.try_io(|i| i.get_mut().read_events(&mut buf)) {
+            Err(_would_block) => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "reading the configuration's file events failed ({e}); reload with SIGHUP"
+                );
+                return;
+            }
+            Ok(Ok(events)) => events,
+        };
+        let mut matters = false;
+        {
+            let (Ok(dirs), Ok(wanted)) = (by_wd.lock(), wanted.lock()) else {
+                return;
+            };
+            for event in events {
+                if event.mask.contains(EventMask::Q_OVERFLOW) {
+                    matters = true;
+                    continue;
+                }
+                let Some(dir) = dirs.get(&event.wd) else {
+                    continue;
+                };
+                let path = match event.name {
+                    Some(name) => dir.join(name),
+                    None => dir.clone(),
+                };
+                matters |= wanted.matters(&path);
+            }
+        }
+        if matters && raw.send(()).is_err() {
+            return;
+        }
     }
 }
 
