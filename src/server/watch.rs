@@ -105,7 +105,7 @@ impl Watcher {
     pub fn start(watched: &Watched, changes: UnboundedSender<()>) -> Option<Watcher> {
         let (wanted, dirs) = Wanted::of(watched);
         let wanted = Arc::new(Mutex::new(wanted));
-        let inotify = match Inotify::init().and_then(|i| {
+        let (fd, watches) = match Inotify::init().and_then(|i| {
             let watches = i.watches();
             // SAFETY: the `Inotify` owns its descriptor and closes it only when dropped,
             // which the `AsyncFd` holding it does last; `as_raw_fd` always returns that one.
@@ -119,7 +119,6 @@ impl Watcher {
                 return None;
             }
         };
-        let (fd, watches) = inotify;
         let by_wd = Arc::new(Mutex::new(HashMap::new()));
         let (raw_tx, raw_rx) = unbounded_channel();
         let reader = tokio::spawn(read_events(fd, by_wd.clone(), wanted.clone(), raw_tx));
