@@ -70,15 +70,15 @@ pub struct Locations {
 
 /// The result of a lookup.
 #[derive(Debug, Clone)]
-pub enum Match {
+pub enum Match<'a> {
     Found {
-        location: Arc<Location>,
+        location: &'a Arc<Location>,
         /// The matches of the regexes on the way, outermost first.
         captures: Vec<Captures>,
     },
     /// The URI is a prefix location's name without its trailing slash, and that location
     /// proxies: nginx answers 301 to the name with the slash.
-    Redirect(Arc<Location>),
+    Redirect(&'a Arc<Location>),
     None,
 }
 
@@ -146,16 +146,16 @@ impl Locations {
     }
 
     /// nginx's `ngx_http_core_find_location` for this level and the levels below it.
-    pub fn find(&self, uri: &str) -> Match {
+    pub fn find(&self, uri: &str) -> Match<'_> {
         let (exact, prefix, redirect) = self.find_static(uri.as_bytes());
         if let Some(e) = exact {
             return Match::Found {
-                location: self.all[e].clone(),
+                location: &self.all[e],
                 captures: Vec::new(),
             };
         }
         if let Some(r) = redirect {
-            return Match::Redirect(self.all[r].clone());
+            return Match::Redirect(&self.all[r]);
         }
         let mut noregex = false;
         let mut found = Match::None;
@@ -163,7 +163,7 @@ impl Locations {
             let loc = &self.all[p];
             noregex = loc.noregex();
             found = Match::Found {
-                location: loc.clone(),
+                location: loc,
                 captures: Vec::new(),
             };
             // Nested locations: a definite answer there (exact, regex, redirect) stands.
@@ -190,7 +190,7 @@ impl Locations {
                     // Nested locations of a regex location.
                     return match loc.children.find(uri) {
                         Match::None => Match::Found {
-                            location: loc.clone(),
+                            location: loc,
                             captures: vec![captures],
                         },
                         Match::Found {
