@@ -79,6 +79,7 @@ where
             connection: CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             opened: std::time::Instant::now(),
             keepalive_wait: 0,
+            current: None,
         };
         // The wait for a request: one timer for the connection's life, moved at each wait.
         // Moved later, it stays where it is in tokio's wheel (tokio re-files it when it comes
@@ -86,19 +87,17 @@ where
         // In place: boxed, or a few bytes more in this task (536 bytes now), and an idle
         // connection's task takes the next allocation size, 0.2 KiB more (tests/bench/run idle).
         let mut timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
+        // Wake-ups (a reload, a drain) for the waits between requests: one registration kept
+        // for the connection's life (see drain::poll_woken).
+        let mut woken = std::pin::pin!(super::drain::woken());
+        let mut wakeups = super::drain::Wakeups::new();
         loop {
             // Between requests: a removed listener or a shutdown ends the connection.
             if conn.served > 0 && shared.drain.closing(&configured) {
                 return;
             }
-            let default_conf = {
-                let plan = shared.plan.load();
-                let socket = socket_of(&plan, &local, &configured);
-                route::find_socket(&plan, &socket)
-                    .map(|s| plan.servers[s.default].conf.clone())
-                    .unwrap_or_else(|| plan.http.clone())
-            };
-            let s = &default_conf.settings;
+            let mut current = Current::get(conn.current.take(), &shared, &local, &configured);
+            let s = &current.default_conf.settings;
             let wait = if conn.served == 0 {
                 s.client_header_timeout()
             } else {
@@ -124,9 +123,6 @@ where
                     // smaller than with the helper's own future beside the read.
                     let mut retire_at = None;
                     let ready = loop {
-                        let woken = super::drain::woken();
-                        tokio::pin!(woken);
-                        woken.as_mut().enable();
                         if idle && shared.drain.closing(&configured) {
                             break false;
                         }
@@ -143,7 +139,11 @@ where
                             // the future is a pointer, where readable() holds a waiter node.
                             r = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)) => break r.is_ok(),
                             _ = timer.as_mut() => break false,
-                            _ = &mut woken => continue,
+                            // A reload: the old plan is not kept by a connection at rest.
+                            _ = std::future::poll_fn(|cx| wakeups.poll(woken.as_mut(), cx)) => {
+                                current = Current::get(Some(current), &shared, &local, &configured);
+                                continue;
+                            }
                         }
                     };
                     if !ready {
@@ -161,7 +161,7 @@ where
                     waiting,
                     generation,
                 },
-                default_conf,
+                current,
                 (peer, &local, &configured),
                 &shared,
                 &tls,
@@ -182,6 +182,50 @@ struct Conn {
     /// The keep-alive wait after a request is its location's keepalive_timeout (set by
     /// every request, read only after one).
     keepalive_wait: u64,
+    /// The plan of the last request, kept for the next while no reload replaced it.
+    current: Option<Current>,
+}
+
+/// The plan a connection's next request gets, kept from its last one while the plan stands:
+/// a load from the arc-swap, and a clone of the default server's configuration, cost atomic
+/// operations on every request.
+struct Current {
+    /// [`super::PlanCell::swaps`] when `plan` was loaded.
+    swaps: u64,
+    plan: Arc<Plan>,
+    /// The socket's default server's configuration: the timeouts and buffer sizes of a
+    /// request not routed yet.
+    default_conf: Arc<LocConf>,
+    /// The plan listens on the connection's local address itself (else on the configured one
+    /// it was accepted through).
+    on_local: bool,
+}
+
+impl Current {
+    /// `kept` while the plan is the same, else the plan now.
+    fn get(
+        kept: Option<Current>,
+        shared: &Shared,
+        local: &ListenAddr,
+        configured: &ListenAddr,
+    ) -> Current {
+        let swaps = shared.plan.swaps();
+        if let Some(c) = kept.filter(|c| c.swaps == swaps) {
+            return c;
+        }
+        let plan = shared.plan.load_full();
+        let on_local = plan.sockets.iter().any(|s| &s.addr == local);
+        let socket = if on_local { local } else { configured };
+        let default_conf = route::find_socket(&plan, socket)
+            .map(|s| plan.servers[s.default].conf.clone())
+            .unwrap_or_else(|| plan.http.clone());
+        Current {
+            swaps,
+            plan,
+            default_conf,
+            on_local,
+        }
+    }
 }
 
 /// How long the next request's head may take, and what ends the wait for it.
@@ -197,7 +241,7 @@ async fn next_request<S>(
     io: &mut S,
     conn: &mut Conn,
     w: Wait,
-    default_conf: Arc<LocConf>,
+    current: Current,
     (peer, local, configured): (SocketAddr, &ListenAddr, &ListenAddr),
     shared: &Arc<Shared>,
     tls: &Option<Box<route::TlsInfo>>,
@@ -205,8 +249,7 @@ async fn next_request<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let s = &default_conf.settings;
-    let (n, size) = s.large_client_header_buffers();
+    let (n, size) = current.default_conf.settings.large_client_header_buffers();
     let limits = Limits {
         line: size as usize,
         total: (n * size) as usize,
@@ -238,7 +281,7 @@ where
     let (head, len) = match read {
         Err(_) | Ok(Err(_)) | Ok(Ok(Ok(None))) => return false,
         Ok(Ok(Err(Refused(status)))) => {
-            let _ = error_response(io, status, &default_conf, false).await;
+            let _ = error_response(io, status, &current.default_conf, false).await;
             linger(io).await;
             return false;
         }
@@ -248,11 +291,16 @@ where
     conn.served += 1;
     // The request's plan: the one current when its head arrived, kept to its end.
     // On a listener a reload removed, the last plan that had it.
-    let plan = shared
-        .drain
-        .plan_of_removed(configured)
-        .unwrap_or_else(|| shared.plan.load_full());
-    let socket = socket_of(&plan, local, configured);
+    let current = Current::get(Some(current), shared, local, configured);
+    let default_conf = &current.default_conf;
+    let removed = shared.drain.plan_of_removed(configured);
+    let (plan, socket) = match &removed {
+        Some(plan) => (plan, socket_of(plan, local, configured)),
+        None => (
+            &current.plan,
+            if current.on_local { local } else { configured },
+        ),
+    };
     // nginx refuses TRACE, and CONNECT (405, or 400 without a port).
     let refused = match &*head.method {
         "TRACE" => Some(405),
@@ -276,17 +324,18 @@ where
     let keepalive = handle(
         io,
         buf,
-        &plan,
+        plan,
         &head,
         framing,
         peer,
         local,
-        &socket,
+        socket,
         shared,
         (conn.connection, conn.served, tls.as_deref(), conn.opened),
         &mut conn.keepalive_wait,
     )
     .await;
+    conn.current = Some(current);
     match keepalive {
         Ok(true) => true,
         Ok(false) => {
@@ -365,7 +414,7 @@ where
         .and_then(|l| l.as_ref())
         .and_then(|(path, level)| crate::logging::request_log(path, level));
     crate::logging::emit(lines, log.as_deref());
-    let conf = decision.conf.clone();
+    let conf = &decision.conf;
     let s = &conf.settings;
     *keepalive_wait = s.keepalive_timeout().0;
     let keepalive = head.wants_keepalive()
@@ -378,7 +427,7 @@ where
     if let Framing::Length(n) = framing {
         let max = s.client_max_body_size();
         if max > 0 && n > max {
-            error_response(io, 413, &conf, false).await?;
+            error_response(io, 413, conf, false).await?;
             linger(io).await;
             return Ok(false);
         }
@@ -389,7 +438,7 @@ where
         served: Default::default(),
         framing,
         keepalive,
-        conf: &conf,
+        conf,
         request: &request,
         expires: decision.expires.as_deref(),
         sent_headers: plan.log_sent_headers,
@@ -407,11 +456,8 @@ where
         }
         None => serve_outcome(io, buf, &ex, &decision, plan, shared, keepalive).await,
     };
-    let served = ex
-        .served
-        .lock()
-        .map(|mut s| std::mem::take(&mut *s))
-        .unwrap_or_default();
+    // Served to its end: what it recorded is taken without the lock.
+    let served = ex.served.into_inner().unwrap_or_default();
     if served.status != 0 {
         super::log::write(&super::log::Entry {
             plan,
@@ -447,15 +493,11 @@ where
     // its allocation, and small: the page's own serving is boxed apart, only when there is
     // one (a copy of that state made every 404 write ~4 KiB of cold memory).
     let serving = boxed!(async move {
-        let known = known_vars(ex);
-        let Some(page) = route::error_page(
-            plan,
-            ex.request,
-            decision,
-            status,
-            &RealFiles,
-            known.clone(),
-        ) else {
+        // The runtime's variables (a lock on what was served), only for a page or a late
+        // header that needs them.
+        let known = || known_vars(ex);
+        let Some(page) = route::error_page(plan, ex.request, decision, status, &RealFiles, known)
+        else {
             // nginx's own page, with the `add_header ... always` of the location (and what an
             // X-Accel-Redirect kept).
             let mut extra: Vec<http1::Line> = keep.into_iter().map(http1::owned).collect();
@@ -1038,7 +1080,7 @@ pub fn late_headers(
     decision: &route::Decision,
     plan: &Plan,
     status: u16,
-    known: Vec<(String, String)>,
+    known: impl FnOnce() -> Vec<(String, String)>,
 ) -> Vec<http1::Line> {
     if decision.late_headers.is_empty() {
         return Vec::new();
@@ -1047,7 +1089,7 @@ pub fn late_headers(
         status,
         200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
     );
-    route::late_headers(plan, ex.request, decision, known)
+    route::late_headers(plan, ex.request, decision, known())
         .into_iter()
         .filter(|(_, _, always)| applies || *always)
         .map(|(n, v, _)| http1::owned((n, v)))

@@ -95,7 +95,7 @@ impl Drain {
             self.any_removed.store(!r.is_empty(), Ordering::Release);
         }
         if !addrs.is_empty() {
-            wake().notify_waiters();
+            wake_all();
         }
     }
 
@@ -111,7 +111,7 @@ impl Drain {
 
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        wake().notify_waiters();
+        wake_all();
     }
 
     /// Resolves when no connection is open.
@@ -140,7 +140,7 @@ pub fn retire_plan(timeout: Option<Duration>) {
         GENERATION.store(*generation, Ordering::Release);
         *t = timeout;
     });
-    wake().notify_waiters();
+    wake_all();
 }
 
 /// The generation of [`retirements`], readable without its lock (asked on every request).
@@ -152,6 +152,61 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 fn wake() -> &'static tokio::sync::Notify {
     static WAKE: OnceLock<tokio::sync::Notify> = OnceLock::new();
     WAKE.get_or_init(tokio::sync::Notify::new)
+}
+
+/// Wake-ups so far: a connection that saw this count has nothing new to look at.
+static WAKES: AtomicU64 = AtomicU64::new(0);
+
+fn wake_all() {
+    WAKES.fetch_add(1, Ordering::Release);
+    wake().notify_waiters();
+}
+
+/// A connection's standing registration for wake-ups, kept across its requests and made
+/// again only after one (a `Notified` made and dropped at each wait took the Notify's lock
+/// three times a request). Made before the connection first looks at what it waits for.
+pub struct Wakeups {
+    /// [`WAKES`] at the last look.
+    seen: u64,
+    /// The `Notified` beside it is registered with the task's waker and not yet used up.
+    armed: bool,
+}
+
+impl Wakeups {
+    pub fn new() -> Wakeups {
+        Wakeups {
+            seen: WAKES.load(Ordering::Acquire),
+            armed: false,
+        }
+    }
+
+    /// `Ready` when there was a wake-up since the last look: the connection looks again at
+    /// what it waits for. `notified` is the registration, replaced when it is not armed.
+    pub fn poll(
+        &mut self,
+        mut notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'static>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::future::Future;
+        if self.armed && WAKES.load(Ordering::Acquire) == self.seen {
+            // The registration wakes the task when a wake-up comes.
+            return std::task::Poll::Pending;
+        }
+        // Registered first, counted after: a wake-up in between is seen by one or the other.
+        notified.set(woken());
+        let fired = notified.as_mut().poll(cx).is_ready();
+        let now = WAKES.load(Ordering::Acquire);
+        let changed = now != self.seen;
+        self.seen = now;
+        if fired || changed {
+            // The registration may be used up: made anew at the next look.
+            self.armed = false;
+            std::task::Poll::Ready(())
+        } else {
+            self.armed = true;
+            std::task::Poll::Pending
+        }
+    }
 }
 
 /// Resolves at the next [`wake`]-up. Enable it before looking at what it wakes for, so that

@@ -36,7 +36,7 @@ pub use upstreams::Upstreams;
 
 /// What every connection shares.
 pub struct Shared {
-    pub plan: ArcSwap<Plan>,
+    pub plan: PlanCell,
     pub upstreams: Upstreams,
     /// Idle upstream connections (`keepalive`), kept across reloads.
     pub pool: pool::Pool,
@@ -44,6 +44,44 @@ pub struct Shared {
     pub tls: ArcSwap<tls::TlsSet>,
     /// Which connections should end after their current request, and how many are open.
     pub drain: drain::Drain,
+}
+
+/// The current plan, and how many times it was replaced: a connection keeps the plan of its
+/// last request, and its default server's configuration, while the count stands (loading
+/// from the arc-swap and cloning a configuration were five atomic operations a request).
+pub struct PlanCell {
+    plan: ArcSwap<Plan>,
+    swaps: std::sync::atomic::AtomicU64,
+}
+
+impl PlanCell {
+    pub fn new(plan: Arc<Plan>) -> PlanCell {
+        PlanCell {
+            plan: ArcSwap::new(plan),
+            swaps: Default::default(),
+        }
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<Plan>> {
+        self.plan.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Plan> {
+        self.plan.load_full()
+    }
+
+    /// Puts `plan` in; the old one is returned.
+    pub fn swap(&self, plan: Arc<Plan>) -> Arc<Plan> {
+        let old = self.plan.swap(plan);
+        self.swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        old
+    }
+
+    /// Changes with every [`PlanCell::swap`]: read before the plan it stands for.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Compiles the configuration at start, printing problems nginx's way.
@@ -259,7 +297,7 @@ async fn run(
     crate::logging::open_logs(&loaded.plan.error_logs);
     log::create_files(&loaded.plan.access_log_files);
     let shared = Arc::new(Shared {
-        plan: ArcSwap::new(loaded.plan.clone()),
+        plan: PlanCell::new(loaded.plan.clone()),
         upstreams: Upstreams::default(),
         pool: Default::default(),
         tls: ArcSwap::from_pointee(tls::TlsSet::default()),

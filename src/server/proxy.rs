@@ -994,7 +994,11 @@ async fn deliver<S: AsyncWrite + Unpin>(
             known.push((format!("upstream_http_{name}"), v.to_string()));
         }
         headers.extend(super::conn::late_headers(
-            ex, decision, plan, r.status, known,
+            ex,
+            decision,
+            plan,
+            r.status,
+            || known,
         ));
     }
     let head = http1::ResponseHead {

@@ -294,6 +294,20 @@ fn hundred_reloads_under_load_lose_no_request() {
             thread::spawn(move || client(port, i % 2 == 0, stop, tally))
         })
         .collect();
+    // A keep-alive connection opened before the first reload: its requests follow the plan.
+    let mut kept = BufReader::new(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    kept.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut ask_kept = || {
+        kept.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let (status, body, close) = read_response(&mut kept).unwrap();
+        assert!(!close, "the kept connection was closed");
+        (status, body)
+    };
+    assert_eq!(ask_kept(), (200, "A".to_string()));
     let started = Instant::now();
     let mut last = 0;
     let mut current = "A";
@@ -315,6 +329,7 @@ fn hundred_reloads_under_load_lose_no_request() {
             broken_seen += 1;
             // The old plan keeps serving.
             assert_eq!(get(port, "/").unwrap(), (200, current.to_string()));
+            assert_eq!(ask_kept(), (200, current.to_string()), "reload {i}");
         } else {
             current = if current == "A" { "B" } else { "A" };
             write_atomically(&conf, &valid(current));
@@ -328,6 +343,8 @@ fn hundred_reloads_under_load_lose_no_request() {
                 (200, current.to_string()),
                 "reload {i}"
             );
+            // And so does the next request of a connection kept alive across the reload.
+            assert_eq!(ask_kept(), (200, current.to_string()), "reload {i}, kept");
         }
     }
     stop.store(true, Ordering::Relaxed);
