@@ -1260,14 +1260,13 @@ impl Body {
 /// The upstream has sent all it will: its `$upstream_response_time` is known.
 /// `at`: when its last bytes came.
 fn upstream_done(ex: &Exchange<'_>, r: &Response, body: u64, at: Instant) {
-    if ex.upstream_headers
-        && let Ok(mut s) = ex.served.lock()
-    {
+    let Ok(mut s) = ex.served.lock() else {
+        return;
+    };
+    if ex.upstream_headers {
         s.upstream_headers = r.headers.clone();
     }
-    if let Ok(mut s) = ex.served.lock()
-        && let Some(last) = s.upstreams.last_mut()
-    {
+    if let Some(last) = s.upstreams.last_mut() {
         last.response
             .get_or_insert(at.saturating_duration_since(last.started));
         last.bytes_sent = Some(r.sent);
@@ -1283,7 +1282,9 @@ fn note_body(ex: &Exchange<'_>, body: &ReqBody) {
         ReqBody::Stream { kept, .. } => kept.as_deref(),
         ReqBody::None => None,
     };
-    if let (Some(kept), Ok(mut s)) = (kept, ex.served.lock())
+    // Locked only for a body (the tuple took the lock for every request).
+    if let Some(kept) = kept
+        && let Ok(mut s) = ex.served.lock()
         && s.request_body.is_none()
     {
         s.request_body = Some(String::from_utf8_lossy(kept).into_owned());

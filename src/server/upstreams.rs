@@ -218,30 +218,34 @@ pub struct Lease {
 }
 
 impl Upstreams {
-    fn group(&self, up: &Arc<Upstream>) -> Arc<Mutex<Group>> {
+    /// The state of `up`'s group, and what `look` reads of it under the same lock (one lock
+    /// a request: five were a tenth of a proxied request's atomic operations).
+    fn group_with<R>(
+        &self,
+        up: &Arc<Upstream>,
+        look: impl FnOnce(&Group) -> R,
+    ) -> (Arc<Mutex<Group>>, R) {
         let mut groups = lock(&self.groups);
         if let Some(g) = groups.get(&up.name) {
             let mut state = lock(g);
-            if std::ptr::eq(state.from.as_ptr(), Arc::as_ptr(up)) {
-                drop(state);
-                return g.clone();
-            }
-            if state.servers == up.servers {
+            if !std::ptr::eq(state.from.as_ptr(), Arc::as_ptr(up)) {
+                if state.servers != up.servers {
+                    // The group changed under the same name (a reload): carry what can be
+                    // carried.
+                    *state = Group::new(up, Some(&state));
+                }
                 state.from = Arc::downgrade(up);
-                drop(state);
-                return g.clone();
             }
-            // The group changed under the same name (a reload): carry what can be carried.
-            *state = Group::new(up, Some(&state));
-            state.from = Arc::downgrade(up);
+            let seen = look(&state);
             drop(state);
-            return g.clone();
+            return (g.clone(), seen);
         }
         let mut group = Group::new(up, None);
         group.from = Arc::downgrade(up);
+        let seen = look(&group);
         let g = Arc::new(Mutex::new(group));
         groups.insert(up.name.clone(), g.clone());
-        g
+        (g, seen)
     }
 
     /// Starts one request's selection in `up`. `client` feeds `ip_hash`; `key` is the
@@ -253,11 +257,29 @@ impl Upstreams {
         key: Option<&str>,
         cap: usize,
     ) -> Selection {
-        let group = self.group(up);
-        let primary = {
-            let g = lock(&group);
-            g.tiers[0].peers.len()
-        };
+        let key = key.unwrap_or_default();
+        let consistent = matches!(
+            up.balance,
+            Balance::Hash {
+                consistent: true,
+                ..
+            }
+        );
+        let (group, (primary, tries, point)) = self.group_with(up, |g| {
+            // nginx counts the servers not marked `down`.
+            let tries = g
+                .tiers
+                .iter()
+                .flat_map(|t| &t.peers)
+                .filter(|s| !s.peer.down)
+                .count();
+            // The first point at or after the key's hash (may be one past the end).
+            let point = consistent.then(|| {
+                let h = crc32fast::hash(key.as_bytes());
+                g.ring.partition_point(|&(p, _)| p < h)
+            });
+            (g.tiers[0].peers.len(), tries, point)
+        });
         let method = match &up.balance {
             Balance::RoundRobin => Method::RoundRobin,
             Balance::LeastConn => Method::LeastConn,
@@ -272,38 +294,23 @@ impl Upstreams {
             Balance::Hash {
                 consistent: false, ..
             } => Method::Hash {
-                key: key.unwrap_or_default().to_string(),
+                key: key.to_string(),
                 hash: 0,
                 rehash: 0,
             },
             Balance::Hash {
                 consistent: true, ..
-            } => {
-                let g = lock(&group);
-                let h = crc32fast::hash(key.unwrap_or_default().as_bytes());
-                // The first point at or after the key's hash (may be one past the end).
-                let point = g.ring.partition_point(|&(p, _)| p < h);
-                if key.unwrap_or_default().is_empty() {
-                    Method::RoundRobin
-                } else {
-                    Method::Consistent { point }
-                }
-            }
+            } => match point {
+                Some(point) if !key.is_empty() => Method::Consistent { point },
+                _ => Method::RoundRobin,
+            },
             Balance::Random { two } => Method::Random { two: *two },
         };
         let method = match method {
             Method::Hash { ref key, .. } if key.is_empty() => Method::RoundRobin,
             m => m,
         };
-        // nginx counts the servers not marked `down`.
-        let mut tries = {
-            let g = lock(&group);
-            g.tiers
-                .iter()
-                .flat_map(|t| &t.peers)
-                .filter(|s| !s.peer.down)
-                .count()
-        };
+        let mut tries = tries;
         if cap != 0 {
             tries = tries.min(cap);
         }
