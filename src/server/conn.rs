@@ -79,24 +79,27 @@ where
             connection: CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             opened: std::time::Instant::now(),
             keepalive_wait: 0,
-            current: None,
         };
+        // The plan of the last request, kept for the next while no reload replaced it.
+        let mut current = Current::load(&shared, &local, &configured);
         // The wait for a request: one timer for the connection's life, moved at each wait.
         // Moved later, it stays where it is in tokio's wheel (tokio re-files it when it comes
         // due early), so a wait costs no registration and removal, as a timer per wait did.
-        // In place: boxed, or a few bytes more in this task (536 bytes now), and an idle
+        // In place: boxed, or a few bytes more in this task (520 bytes now), and an idle
         // connection's task takes the next allocation size, 0.2 KiB more (tests/bench/run idle).
         let mut timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
         // Wake-ups (a reload, a drain) for the waits between requests: one registration kept
-        // for the connection's life (see drain::poll_woken).
-        let mut woken = std::pin::pin!(super::drain::woken());
+        // for the connection's life (see drain::Wakeups). Boxed: in place, the idle task was
+        // 584 bytes and took the next allocation size (tests/bench/run idle: 1.14 KiB per
+        // connection; boxed, 520 bytes and 0.91 KiB with the box).
+        let mut woken = Box::pin(super::drain::woken());
         let mut wakeups = super::drain::Wakeups::new();
         loop {
             // Between requests: a removed listener or a shutdown ends the connection.
             if conn.served > 0 && shared.drain.closing(&configured) {
                 return;
             }
-            let mut current = Current::get(conn.current.take(), &shared, &local, &configured);
+            current.refresh(&shared, &local, &configured);
             let s = &current.default_conf.settings;
             let wait = if conn.served == 0 {
                 s.client_header_timeout()
@@ -141,7 +144,7 @@ where
                             _ = timer.as_mut() => break false,
                             // A reload: the old plan is not kept by a connection at rest.
                             _ = std::future::poll_fn(|cx| wakeups.poll(woken.as_mut(), cx)) => {
-                                current = Current::get(Some(current), &shared, &local, &configured);
+                                current.refresh(&shared, &local, &configured);
                                 continue;
                             }
                         }
@@ -161,7 +164,7 @@ where
                     waiting,
                     generation,
                 },
-                current,
+                &mut current,
                 (peer, &local, &configured),
                 &shared,
                 &tls,
@@ -182,8 +185,6 @@ struct Conn {
     /// The keep-alive wait after a request is its location's keepalive_timeout (set by
     /// every request, read only after one).
     keepalive_wait: u64,
-    /// The plan of the last request, kept for the next while no reload replaced it.
-    current: Option<Current>,
 }
 
 /// The plan a connection's next request gets, kept from its last one while the plan stands:
@@ -202,17 +203,10 @@ struct Current {
 }
 
 impl Current {
-    /// `kept` while the plan is the same, else the plan now.
-    fn get(
-        kept: Option<Current>,
-        shared: &Shared,
-        local: &ListenAddr,
-        configured: &ListenAddr,
-    ) -> Current {
+    /// The plan now.
+    fn load(shared: &Shared, local: &ListenAddr, configured: &ListenAddr) -> Current {
+        // Read before the plan: a swap in between makes the next look load again.
         let swaps = shared.plan.swaps();
-        if let Some(c) = kept.filter(|c| c.swaps == swaps) {
-            return c;
-        }
         let plan = shared.plan.load_full();
         let on_local = plan.sockets.iter().any(|s| &s.addr == local);
         let socket = if on_local { local } else { configured };
@@ -224,6 +218,13 @@ impl Current {
             plan,
             default_conf,
             on_local,
+        }
+    }
+
+    /// Kept while the plan is the same, else the plan now.
+    fn refresh(&mut self, shared: &Shared, local: &ListenAddr, configured: &ListenAddr) {
+        if self.swaps != shared.plan.swaps() {
+            *self = Current::load(shared, local, configured);
         }
     }
 }
@@ -241,7 +242,7 @@ async fn next_request<S>(
     io: &mut S,
     conn: &mut Conn,
     w: Wait,
-    current: Current,
+    current: &mut Current,
     (peer, local, configured): (SocketAddr, &ListenAddr, &ListenAddr),
     shared: &Arc<Shared>,
     tls: &Option<Box<route::TlsInfo>>,
@@ -291,7 +292,8 @@ where
     conn.served += 1;
     // The request's plan: the one current when its head arrived, kept to its end.
     // On a listener a reload removed, the last plan that had it.
-    let current = Current::get(Some(current), shared, local, configured);
+    current.refresh(shared, local, configured);
+    let current = &*current;
     let default_conf = &current.default_conf;
     let removed = shared.drain.plan_of_removed(configured);
     let (plan, socket) = match &removed {
@@ -335,7 +337,6 @@ where
         &mut conn.keepalive_wait,
     )
     .await;
-    conn.current = Some(current);
     match keepalive {
         Ok(true) => true,
         Ok(false) => {
