@@ -9,7 +9,8 @@
 
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,7 +28,9 @@ use crate::plan::uri::{Escape, escape};
 
 /// Files up to this size go out in the same write as the head.
 const INLINE: u64 = 64 * 1024;
-/// The piece read from disk and written at a time for larger files.
+/// The piece read from disk and written at a time for larger files. Measured for a 1 MiB file
+/// to wrk over loopback: pieces of 32 to 192 KiB cost 0.37-0.50 ms of CPU per answer, 256 and
+/// 512 KiB 0.25 ms, the whole MiB 0.31 ms (nginx, with its 32 KiB buffers: 0.21 ms).
 const PIECE: usize = 256 * 1024;
 
 /// Serves `path` for `decision`: `Ok(keep-alive)`.
@@ -872,7 +875,6 @@ async fn sendfile(
     end: u64,
     wait: Duration,
 ) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
     let (out_fd, in_fd) = (tcp.as_raw_fd(), file.as_raw_fd());
     let mut pos = start;
     while pos < end {
@@ -922,10 +924,7 @@ async fn stream<S: AsyncWrite + Unpin>(
     let mut sent = 0;
     while pos < end {
         let want = ((end - pos) as usize).min(PIECE);
-        let have = out.len();
-        out.resize(have + want, 0);
-        let n = read_full(file, &mut out[have..], pos)?;
-        out.truncate(have + n);
+        let n = read_onto(file, out, want, pos)?;
         if n == 0 {
             // The file shrank under us: what nginx calls "file was truncated".
             return Err(io::Error::new(
@@ -943,16 +942,38 @@ async fn stream<S: AsyncWrite + Unpin>(
     Ok(sent)
 }
 
-fn read_full(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+/// Appends up to `want` of the file's bytes from `pos` to `out`, read straight into its spare
+/// room (not zeroed first: a megabyte's memset per answer showed as 5% of the CPU in perf).
+/// Returns how many were read; fewer than `want` only at the end of the file.
+fn read_onto(file: &File, out: &mut Vec<u8>, want: usize, pos: u64) -> io::Result<usize> {
+    out.reserve(want);
+    let have = out.len();
+    let room = &mut out.spare_capacity_mut()[..want];
     let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], pos + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    while got < want {
+        // SAFETY: `room[got..]` is `want - got` bytes of `out`'s own allocation; pread writes
+        // at most that many into it and reads none of it.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                room[got..].as_mut_ptr().cast(),
+                want - got,
+                (pos + got as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
         }
     }
+    // SAFETY: the `got` bytes after `have` were written by pread above.
+    unsafe { out.set_len(have + got) };
     Ok(got)
 }
 
