@@ -151,17 +151,17 @@ pub fn signal(paths: &Paths, globals: Option<String>, signal: Signal) -> ExitCod
     // A reload: the configuration is compiled here first, by the same pure compiler the
     // server uses, and a broken one is not signalled at all.
     let status_path = crate::server::reload::status_path(&pid_path);
-    if signal == Signal::Reload {
-        if let Err(lines) = crate::server::reload::compile(paths, globals.clone()) {
-            for l in &lines {
-                eprintln!("portico: {l}");
-            }
-            eprintln!(
-                "portico: [emerg] configuration file {} test failed; the server was not signalled and keeps its configuration",
-                paths.conf_file.display()
-            );
-            return ExitCode::from(1);
+    if signal == Signal::Reload
+        && let Err(lines) = crate::server::reload::compile(paths, globals.clone())
+    {
+        for l in &lines {
+            eprintln!("portico: {l}");
         }
+        eprintln!(
+            "portico: [emerg] configuration file {} test failed; the server was not signalled and keeps its configuration",
+            paths.conf_file.display()
+        );
+        return ExitCode::from(1);
     }
     let sent_at = crate::server::reload::now_nanos();
     // SAFETY: kill(2) has no memory effects; a bad pid is reported through errno.

@@ -105,10 +105,10 @@ fn summary(v: &Value) -> Vec<String> {
                     out.push(format!("redirect {}", h[1].as_str().unwrap_or("")));
                 }
             }
-            if let Some(b) = o["body"].as_str() {
-                if !b.starts_with("<html>") {
-                    out.push(format!("body {b}"));
-                }
+            if let Some(b) = o["body"].as_str()
+                && !b.starts_with("<html>")
+            {
+                out.push(format!("body {b}"));
             }
         }
         Some("proxy") => {

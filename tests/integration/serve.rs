@@ -235,9 +235,7 @@ fn proxies_exact_request_over_tcp_and_unix() {
     );
     assert_eq!(status(&r), 200, "{r}");
     let upstream = body(&r);
-    let expected = format!(
-        "GET /v1/a%20b?q=1 HTTP/1.0\r\nX-Real-IP: 127.0.0.1\r\nHost: app\r\nConnection: close\r\nX-Custom: Mixed-Case\r\nx-lower: v\r\n\r\n"
-    );
+    let expected = "GET /v1/a%20b?q=1 HTTP/1.0\r\nX-Real-IP: 127.0.0.1\r\nHost: app\r\nConnection: close\r\nX-Custom: Mixed-Case\r\nx-lower: v\r\n\r\n".to_string();
     assert_eq!(upstream, expected);
     assert!(r.contains("\r\nX-Echo: yes\r\n"), "{r}");
     assert!(
@@ -457,10 +455,10 @@ fn access_log_combined_and_custom() {
     // Lines are written by a thread of their own; give it a moment.
     let read = |name: &str| {
         for _ in 0..50 {
-            if let Ok(t) = std::fs::read_to_string(dir.join(name)) {
-                if !t.is_empty() {
-                    return t;
-                }
+            if let Ok(t) = std::fs::read_to_string(dir.join(name))
+                && !t.is_empty()
+            {
+                return t;
             }
             thread::sleep(Duration::from_millis(20));
         }
