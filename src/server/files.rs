@@ -264,12 +264,12 @@ where
             out.clear();
         } else if let Some(&(start, end)) = parts.first() {
             // A large file to a plain TCP client with `sendfile on`: the kernel copies it,
-            // the head first.
+            // the head first, held back (MSG_MORE) to leave in the file's first segment.
             if end - start > INLINE
                 && s.sendfile()
                 && let Some(tcp) = (io as &mut dyn std::any::Any).downcast_mut::<TcpStream>()
             {
-                write(tcp, &out, wait).await?;
+                send_more(tcp, &out, wait).await?;
                 out.clear();
                 sent += sendfile(tcp, &file, start, end, wait).await?;
                 return Ok(());
@@ -864,6 +864,43 @@ impl Multipart {
     fn tail(&self) -> String {
         format!("\r\n--{}--\r\n", self.boundary)
     }
+}
+
+/// Writes `data` to `tcp` with MSG_MORE: the kernel holds it until the next write without the
+/// flag (sendfile's last page), so the head does not go as a packet of its own.
+async fn send_more(tcp: &mut TcpStream, data: &[u8], wait: Duration) -> io::Result<()> {
+    let fd = tcp.as_raw_fd();
+    let mut done = 0;
+    while done < data.len() {
+        match tokio::time::timeout(wait, tcp.writable()).await {
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+            Ok(r) => r?,
+        }
+        let rest = &data[done..];
+        let r = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            // SAFETY: `rest` is a live slice of `rest.len()` bytes; send only reads it.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match r {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// sendfile(2) of the file's bytes in [start, end) to `tcp`, each wait for room bounded by
