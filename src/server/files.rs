@@ -866,39 +866,47 @@ impl Multipart {
     }
 }
 
+/// One system call `op` that writes to `tcp` (returning bytes written or -1), made once `tcp`
+/// has room, the wait for it bounded by `wait`: `Ok(None)` when the kernel took nothing after
+/// all (EAGAIN, EINTR), to be tried again.
+async fn when_writable(
+    tcp: &TcpStream,
+    wait: Duration,
+    op: impl FnOnce() -> isize,
+) -> io::Result<Option<usize>> {
+    match tokio::time::timeout(wait, tcp.writable()).await {
+        Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        Ok(r) => r?,
+    }
+    let r = tcp.try_io(tokio::io::Interest::WRITABLE, || match op() {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n => Ok(n as usize),
+    });
+    match r {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes `data` to `tcp` with MSG_MORE: the kernel holds it until the next write without the
 /// flag (sendfile's last page), so the head does not go as a packet of its own.
 async fn send_more(tcp: &mut TcpStream, data: &[u8], wait: Duration) -> io::Result<()> {
     let fd = tcp.as_raw_fd();
     let mut done = 0;
     while done < data.len() {
-        match tokio::time::timeout(wait, tcp.writable()).await {
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-            Ok(r) => r?,
-        }
         let rest = &data[done..];
-        let r = tcp.try_io(tokio::io::Interest::WRITABLE, || {
-            // SAFETY: `rest` is a live slice of `rest.len()` bytes; send only reads it.
-            let n = unsafe {
-                libc::send(
-                    fd,
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match r {
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        // SAFETY: `rest` is a live slice of `rest.len()` bytes; send only reads it.
+        let send = || unsafe {
+            libc::send(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_MORE | libc::MSG_NOSIGNAL,
+            )
+        };
+        done += when_writable(tcp, wait, send).await?.unwrap_or(0);
     }
     Ok(())
 }
@@ -915,32 +923,19 @@ async fn sendfile(
     let (out_fd, in_fd) = (tcp.as_raw_fd(), file.as_raw_fd());
     let mut pos = start;
     while pos < end {
-        match tokio::time::timeout(wait, tcp.writable()).await {
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-            Ok(r) => r?,
-        }
         let count = ((end - pos) as usize).min(1 << 30);
-        let r = tcp.try_io(tokio::io::Interest::WRITABLE, || {
-            let mut off = pos as libc::off_t;
-            // SAFETY: both descriptors are open for the call; `off` is ours.
-            let n = unsafe { libc::sendfile(out_fd, in_fd, &mut off, count) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as u64)
-            }
-        });
-        match r {
-            Ok(0) => {
+        let mut off = pos as libc::off_t;
+        // SAFETY: both descriptors are open for the call; `off` is ours.
+        let send = || unsafe { libc::sendfile(out_fd, in_fd, &mut off, count) };
+        match when_writable(tcp, wait, send).await? {
+            Some(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "file was truncated",
                 ));
             }
-            Ok(n) => pos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Some(n) => pos += n as u64,
+            None => {}
         }
     }
     Ok(pos - start)
