@@ -138,9 +138,11 @@ pub struct UpstreamState {
     /// Its answer's status; 502/504 when it gave none.
     pub status: Option<u16>,
     pub started: std::time::Instant,
-    pub connect: Option<Duration>,
-    pub header: Option<Duration>,
-    pub response: Option<Duration>,
+    /// When the connection was made, the head read, the answer over: instants, made into
+    /// durations from `started` only when a variable asks (most requests never do).
+    pub connect: Option<std::time::Instant>,
+    pub header: Option<std::time::Instant>,
+    pub response: Option<std::time::Instant>,
     /// Reached through an internal redirect (an `error_page`): nginx separates it with " : ".
     pub redirected: bool,
     /// `$upstream_bytes_sent`, `$upstream_bytes_received`, `$upstream_response_length`
@@ -176,8 +178,9 @@ impl Served {
         if self.upstreams.is_empty() {
             return None;
         }
-        let time = |t: Option<Duration>| {
+        let time = |t: Option<std::time::Instant>, started: std::time::Instant| {
             t.map_or("-".to_string(), |t| {
+                let t = t.saturating_duration_since(started);
                 format!("{}.{:03}", t.as_secs(), t.subsec_millis())
             })
         };
@@ -189,9 +192,9 @@ impl Served {
             let v = match name {
                 "upstream_addr" => u.addr.text().to_string(),
                 "upstream_status" => u.status.map_or("-".to_string(), |s| s.to_string()),
-                "upstream_connect_time" => time(u.connect),
-                "upstream_header_time" => time(u.header),
-                "upstream_response_time" => time(u.response),
+                "upstream_connect_time" => time(u.connect, u.started),
+                "upstream_header_time" => time(u.header, u.started),
+                "upstream_response_time" => time(u.response, u.started),
                 "upstream_bytes_sent" => u.bytes_sent.map_or("0".into(), |n| n.to_string()),
                 "upstream_bytes_received" => u.bytes_received.map_or("0".into(), |n| n.to_string()),
                 "upstream_response_length" => {

@@ -174,7 +174,7 @@ where
                     // $upstream_addr names the group then, as nginx's does.
                     let mut st = state(Tried::Group(upstream.to_string()), now);
                     st.status = Some(502);
-                    st.response = Some(Duration::ZERO);
+                    st.response = Some(now);
                     states.push(st);
                     last = Failure::Error;
                     break;
@@ -187,8 +187,7 @@ where
         };
         // The previous attempt ends where this one starts.
         if let Some(prev) = states.last_mut() {
-            prev.response
-                .get_or_insert(now.duration_since(prev.started));
+            prev.response.get_or_insert(now);
         }
         // `$upstream_addr` and the keep-alive pool's key, written when the plan was built.
         states.push(state(Tried::Peer(peer.clone()), now));
@@ -215,11 +214,11 @@ where
         .await;
         note_body(ex, &body);
         if let Some(st) = states.last_mut() {
-            st.connect = connected.map(|t: Instant| t.duration_since(st.started));
+            st.connect = connected;
             match &outcome {
                 Ok(r) => {
                     st.status = Some(r.status);
-                    st.header = Some(r.read_at.duration_since(st.started));
+                    st.header = Some(r.read_at);
                 }
                 Err(Failure::Timeout) => st.status = Some(504),
                 Err(_) => st.status = Some(502),
@@ -305,7 +304,7 @@ where
                 // nginx logs 499 for a client that left before the answer.
                 if let Some(st) = states.last_mut() {
                     st.status = None;
-                    st.response.get_or_insert(st.started.elapsed());
+                    st.response.get_or_insert_with(Instant::now);
                 }
                 note_upstream(ex, std::mem::take(&mut states));
                 ex.record(499, 0, 0);
@@ -329,7 +328,7 @@ where
         _ => 502,
     };
     if let Some(last) = states.last_mut() {
-        last.response.get_or_insert(last.started.elapsed());
+        last.response.get_or_insert_with(Instant::now);
     }
     note_upstream(ex, std::mem::take(&mut states));
     super::conn::serve_error(io, buf, ex, decision, plan, shared, status, Vec::new()).await
@@ -1267,8 +1266,7 @@ fn upstream_done(ex: &Exchange<'_>, r: &Response, body: u64, at: Instant) {
         s.upstream_headers = r.headers.clone();
     }
     if let Some(last) = s.upstreams.last_mut() {
-        last.response
-            .get_or_insert(at.saturating_duration_since(last.started));
+        last.response.get_or_insert(at);
         last.bytes_sent = Some(r.sent);
         last.bytes_received = Some(r.head_len + body);
         last.response_length = Some(body);

@@ -483,6 +483,61 @@ fn access_log_combined_and_custom() {
 }
 
 #[test]
+fn upstream_times_are_logged_as_nginx_does() {
+    let echo = Echo::start();
+    // A port nothing listens on: the connection is refused.
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = support::scratch("serve-upstream-times");
+    let p = Portico::start(
+        "upstream-times",
+        &format!(
+            "log_format t '$status $upstream_connect_time $upstream_header_time $upstream_response_time';
+             server {{ listen 127.0.0.1:0;
+               access_log {dir}/t.log t;
+               location /up/ {{ proxy_pass http://127.0.0.1:{port}; }}
+               location /down/ {{ proxy_pass http://127.0.0.1:{refused}; }}
+             }}",
+            dir = dir.display(),
+            port = echo.port
+        ),
+    );
+    get(p.port(), "/up/x", "");
+    get(p.port(), "/down/x", "");
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = std::fs::read_to_string(dir.join("t.log")).unwrap_or_default();
+        if log.lines().count() == 2 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    // Seconds with milliseconds, each later than the one before it.
+    let secs = |v: &str| -> f64 {
+        let (s, ms) = v.split_once('.').unwrap_or_else(|| panic!("{v} in {log}"));
+        assert!(
+            ms.len() == 3 && s.bytes().chain(ms.bytes()).all(|b| b.is_ascii_digit()),
+            "{log}"
+        );
+        v.parse().unwrap()
+    };
+    assert_eq!(lines[0][0], "200", "{log}");
+    let (connect, header, response) = (secs(lines[0][1]), secs(lines[0][2]), secs(lines[0][3]));
+    assert!(
+        connect <= header && header <= response && response < 5.0,
+        "{log}"
+    );
+    // Refused: no connection and no head, and the attempt's time.
+    assert_eq!(&lines[1][..3], ["502", "-", "-"], "{log}");
+    assert!(secs(lines[1][3]) < 5.0, "{log}");
+}
+
+#[test]
 fn websocket_upgrade_is_tunnelled_both_ways() {
     // An upstream that switches protocols, then answers every chunk upper-cased.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
