@@ -427,6 +427,20 @@ fn pid_file_and_reload() {
     assert_eq!(body(&get(p.port(), "/", "")), "second");
 }
 
+/// An access log once it has `lines` lines (they are written by a thread of their own), or
+/// what it has after a second.
+fn read_log(path: &std::path::Path, lines: usize) -> String {
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.lines().count() >= lines {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    log
+}
+
 #[test]
 fn access_log_combined_and_custom() {
     let echo = Echo::start();
@@ -452,19 +466,7 @@ fn access_log_combined_and_custom() {
     );
     get(p.port(), "/up/x", "X-Q: a\"b\r\n");
     get(p.port(), "/quiet/x", "");
-    // Lines are written by a thread of their own; give it a moment.
-    let read = |name: &str| {
-        for _ in 0..50 {
-            if let Ok(t) = std::fs::read_to_string(dir.join(name))
-                && !t.is_empty()
-            {
-                return t;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        String::new()
-    };
-    let combined = read("combined.log");
+    let combined = read_log(&dir.join("combined.log"), 1);
     assert!(
         combined.starts_with("127.0.0.1 - - [")
             && combined.contains("] \"GET /a?b=1 HTTP/1.1\" 200 5 \"http://r/\" \"ua/1\"\n"),
@@ -475,7 +477,7 @@ fn access_log_combined_and_custom() {
         1,
         "access_log off and the location's own log: {combined}"
     );
-    let up = read("up.log");
+    let up = read_log(&dir.join("up.log"), 1);
     assert_eq!(
         up,
         format!("GET /up/x 200 127.0.0.1:{} 200 \"a\\x22b\"\n", echo.port)
@@ -507,14 +509,7 @@ fn upstream_times_are_logged_as_nginx_does() {
     );
     get(p.port(), "/up/x", "");
     get(p.port(), "/down/x", "");
-    let mut log = String::new();
-    for _ in 0..50 {
-        log = std::fs::read_to_string(dir.join("t.log")).unwrap_or_default();
-        if log.lines().count() == 2 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    let log = read_log(&dir.join("t.log"), 2);
     let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
     assert_eq!(lines.len(), 2, "{log}");
     // Seconds with milliseconds, each later than the one before it.
