@@ -34,14 +34,6 @@ use crate::support;
 /// The least number of compared requests the suite must have.
 const MIN_COMPARED: usize = 200;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_for(port: u16) -> bool {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
@@ -234,7 +226,7 @@ fn upstream_ports() -> &'static [(&'static str, u16)] {
             ("$UP1", named_upstream("up1")),
             ("$UP2", named_upstream("up2")),
             ("$UP3", named_upstream("up3")),
-            ("$DEAD", free_port()),
+            ("$DEAD", support::free_port()),
         ]
     })
 }
@@ -373,7 +365,7 @@ fn nginx_and_portico_answer_alike() {
         let name = file.file_stem().unwrap().to_string_lossy().into_owned();
         let (config, cases) = parse(&std::fs::read_to_string(file).unwrap());
         let scratch = support::scratch(&format!("differential-{name}"));
-        let (np, pp) = (free_port(), free_port());
+        let (np, pp) = (support::free_port(), support::free_port());
         let nconf = write_conf(&scratch.join("nginx"), &config, np, echo);
         let pconf = write_conf(&scratch.join("portico"), &config, pp, echo);
         let _n = Running(

@@ -137,15 +137,6 @@ impl Drop for Server {
     }
 }
 
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Reads one response (Content-Length framed) from `s`: (status, body, server closes).
 fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String, bool)> {
     let mut status_line = String::new();
@@ -269,7 +260,7 @@ fn write_atomically(path: &Path, text: &str) {
 #[test]
 fn hundred_reloads_under_load_lose_no_request() {
     let dir = support::scratch("reload-stress");
-    let port = free_port();
+    let port = support::free_port();
     let conf = dir.join("nginx.conf");
     let valid = |answer: &str| {
         main_conf(
@@ -379,7 +370,7 @@ fn hundred_reloads_under_load_lose_no_request() {
 #[test]
 fn an_atomic_rename_save_reloads() {
     let dir = support::scratch("reload-rename");
-    let port = free_port();
+    let port = support::free_port();
     let conf = dir.join("nginx.conf");
     let text = |answer: &str| {
         main_conf(
@@ -426,7 +417,7 @@ fn an_atomic_rename_save_reloads() {
 #[test]
 fn a_kubernetes_configmap_swap_reloads() {
     let dir = support::scratch("reload-configmap");
-    let port = free_port();
+    let port = support::free_port();
     let mount = dir.join("config");
     std::fs::create_dir_all(&mount).unwrap();
     let text = |answer: &str| {
@@ -468,7 +459,7 @@ fn a_kubernetes_configmap_swap_reloads() {
 #[test]
 fn an_edited_include_reloads_and_new_includes_are_followed() {
     let dir = support::scratch("reload-include");
-    let port = free_port();
+    let port = support::free_port();
     std::fs::create_dir_all(dir.join("sites")).unwrap();
     std::fs::create_dir_all(dir.join("conf.d")).unwrap();
     let conf = dir.join("nginx.conf");
@@ -489,7 +480,7 @@ fn an_edited_include_reloads_and_new_includes_are_followed() {
     std::fs::write(dir.join("sites/app.conf"), site("second")).unwrap();
     server.wait_for_body(port, "second");
     // A new file matching the glob: a new server on a new port.
-    let port2 = free_port();
+    let port2 = support::free_port();
     std::fs::write(
         dir.join("conf.d/more.conf"),
         format!("server {{ listen 127.0.0.1:{port2}; return 200 \"more\"; }}"),
@@ -516,7 +507,11 @@ fn an_edited_include_reloads_and_new_includes_are_followed() {
 #[test]
 fn listeners_are_added_and_removed() {
     let dir = support::scratch("reload-listeners");
-    let (kept, dropped, added) = (free_port(), free_port(), free_port());
+    let (kept, dropped, added) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
     // A slow upstream, for a request in flight on the socket that goes.
     let slow = TcpListener::bind("127.0.0.1:0").unwrap();
     let slow_port = slow.local_addr().unwrap().port();
@@ -612,7 +607,7 @@ fn listeners_are_added_and_removed() {
 #[test]
 fn signal_reload_fails_loudly() {
     let dir = support::scratch("reload-signal");
-    let port = free_port();
+    let port = support::free_port();
     let conf = dir.join("nginx.conf");
     let text = |body: &str| {
         main_conf(
@@ -680,8 +675,8 @@ fn signal_reload_fails_loudly() {
 #[test]
 fn upstream_health_survives_a_reload() {
     let dir = support::scratch("reload-health");
-    let (front, back) = (free_port(), free_port());
-    let dead = free_port();
+    let (front, back) = (support::free_port(), support::free_port());
+    let dead = support::free_port();
     let conf = dir.join("nginx.conf");
     let text = |answer: &str| {
         main_conf(
@@ -723,7 +718,7 @@ fn upstream_health_survives_a_reload() {
 #[test]
 fn quit_finishes_requests_in_flight() {
     let dir = support::scratch("reload-quit");
-    let port = free_port();
+    let port = support::free_port();
     // A slow upstream: answers a second after the request.
     let slow = TcpListener::bind("127.0.0.1:0").unwrap();
     let slow_port = slow.local_addr().unwrap().port();
@@ -791,7 +786,7 @@ fn quit_finishes_requests_in_flight() {
 #[test]
 fn worker_shutdown_timeout_bounds_a_graceful_shutdown() {
     let dir = support::scratch("reload-shutdown-timeout");
-    let port = free_port();
+    let port = support::free_port();
     // An upstream that never answers.
     let hang = TcpListener::bind("127.0.0.1:0").unwrap();
     let hang_port = hang.local_addr().unwrap().port();
@@ -835,7 +830,7 @@ fn worker_shutdown_timeout_bounds_a_graceful_shutdown() {
 #[test]
 fn an_idle_connection_on_a_replaced_plan_closes_after_worker_shutdown_timeout() {
     let dir = support::scratch("reload-idle-retired");
-    let port = free_port();
+    let port = support::free_port();
     let conf = dir.join("nginx.conf");
     let text = |body: &str| {
         format!(
@@ -879,7 +874,7 @@ fn an_idle_connection_on_a_replaced_plan_closes_after_worker_shutdown_timeout() 
 #[test]
 fn usr1_reopens_the_logs() {
     let dir = support::scratch("reload-reopen");
-    let port = free_port();
+    let port = support::free_port();
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -927,7 +922,7 @@ fn usr1_reopens_the_logs() {
 #[test]
 fn a_websocket_on_a_replaced_plan_ends_after_worker_shutdown_timeout() {
     let dir = support::scratch("reload-websocket");
-    let port = free_port();
+    let port = support::free_port();
     // An upstream that switches protocols, then echoes upper-cased.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let up = l.local_addr().unwrap().port();
@@ -1022,7 +1017,7 @@ impl Drop for KillByPidFile {
 #[test]
 fn usr2_hands_the_sockets_to_a_new_binary() {
     let dir = support::scratch("reload-upgrade");
-    let port = free_port();
+    let port = support::free_port();
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,

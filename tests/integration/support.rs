@@ -2,12 +2,37 @@
 
 #![allow(dead_code)]
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 /// The portico binary under test.
 pub fn portico() -> Command {
     Command::new(env!("CARGO_BIN_EXE_portico"))
+}
+
+/// A port nothing listens on now, for a config that must name its port (nginx cannot report
+/// the one port 0 gave it, and a reload test rewrites `listen`s).
+///
+/// The ports come from below the kernel's ephemeral range (32768-60999 by default), handed out
+/// in turn: `bind(:0)` and every outgoing `connect` draw from that range, so a port taken there
+/// and released could be reused by a parallel test's client before the server binds it. Here
+/// only another explicit bind can take it, and this counter never gives a port out twice.
+pub fn free_port() -> u16 {
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Two test binaries at once (or a leftover server) start at different places.
+    let base = (std::process::id() % 97) as u16 * 100;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (base + n) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        assert!(n < SPAN, "no free port in {FIRST}..{}", FIRST + SPAN);
+    }
 }
 
 /// nginx, if installed (CI installs it; `.ci/run` says how). Set PORTICO_REQUIRE_NGINX=1 to
