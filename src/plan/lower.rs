@@ -277,7 +277,7 @@ impl<'a> Lowerer<'a> {
             let path = Template::literal(&self.full_name("html"));
             http.settings.root = Some(Root { path, alias: false });
         }
-        let http = Arc::new(http);
+        let http = http.seal();
         for (file, d) in items {
             if d.name() == "server" {
                 if let Some(b) = &d.block {
@@ -559,7 +559,7 @@ impl<'a> Lowerer<'a> {
         self.rewrite_program(items, &mut conf, Level::Server);
         conf.try_files = self.try_files(items);
         conf.proxy = None;
-        let conf = Arc::new(conf);
+        let conf = conf.seal();
         let mut locations = Locations::default();
         let mut named = HashMap::new();
         self.locations(items, &conf, Level::Server, "", &mut locations, &mut named);
@@ -1300,7 +1300,7 @@ impl<'a> Lowerer<'a> {
                 Some(Op::If {
                     cond,
                     ops,
-                    conf: Arc::new(conf),
+                    conf: conf.seal(),
                     place: self.place(d),
                 })
             }
@@ -1658,7 +1658,7 @@ impl<'a> Lowerer<'a> {
             let auto_redirect = conf.proxy.is_some()
                 && name.ends_with('/')
                 && !matches!(lvl, Level::Regex | Level::Named);
-            let conf = Arc::new(conf);
+            let conf = conf.seal();
             let mut children = Locations::default();
             self.locations(&inner, &conf, lvl, &name, &mut children, named);
             let place = self.place(d);
@@ -1721,7 +1721,7 @@ impl<'a> Lowerer<'a> {
         if methods.iter().any(|m| m == "GET") {
             methods.push("HEAD".into());
         }
-        conf.limit_except = Some((methods, Arc::new(le)));
+        conf.limit_except = Some((methods, le.seal()));
     }
 
     // ---- sockets -----------------------------------------------------------------------

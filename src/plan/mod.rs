@@ -197,6 +197,80 @@ pub struct LocConf {
     pub alias_name: Option<String>,
     /// `limit_except`: methods allowed, and the configuration for the others.
     pub limit_except: Option<(Vec<String>, Arc<LocConf>)>,
+    /// With `proxy`: the headers a proxied request starts with, worked out once here.
+    pub upstream_headers: Option<UpstreamHeaders>,
+}
+
+impl LocConf {
+    /// The level made final: what serving derives from its settings is worked out now, not
+    /// per request.
+    pub fn seal(mut self) -> Arc<LocConf> {
+        if self.proxy.is_some() {
+            self.upstream_headers = Some(UpstreamHeaders::of(&self.settings));
+        }
+        Arc::new(self)
+    }
+}
+
+/// The header lines nginx's proxy module writes before the client's (ngx_http_proxy_headers
+/// merged with `proxy_set_header`), and the client's headers it then leaves out.
+#[derive(Debug, Default)]
+pub struct UpstreamHeaders {
+    /// The configured lines in their order, then nginx's own that none of them names. A
+    /// value that is always empty (`proxy_set_header Connection "";`) writes no line, so it
+    /// is not here at all.
+    pub lines: Vec<(String, Template)>,
+    /// Names (lower case) of the client's headers not passed on: those set above, empty or
+    /// not. Empty when `proxy_pass_request_headers off` passes none.
+    pub not_passed: Vec<String>,
+    pub pass_client: bool,
+}
+
+impl UpstreamHeaders {
+    pub fn of(s: &Settings) -> UpstreamHeaders {
+        use template::{Part, Var};
+        let var = |v: Var, source: &str| Template {
+            source: source.to_string(),
+            parts: vec![Part::Var(v)],
+        };
+        let defaults = [
+            ("Host", var(Var::ProxyHost, "$proxy_host")),
+            ("Connection", Template::literal("close")),
+            (
+                "Content-Length",
+                var(Var::ProxyInternalBodyLength, "$proxy_internal_body_length"),
+            ),
+            (
+                "Transfer-Encoding",
+                var(Var::ProxyInternalChunked, "$proxy_internal_chunked"),
+            ),
+            ("TE", Template::default()),
+            ("Keep-Alive", Template::default()),
+            ("Expect", Template::default()),
+            ("Upgrade", Template::default()),
+        ];
+        let configured: &[(String, Template)] = s.proxy_set_header.as_deref().unwrap_or(&[]);
+        let named = |name: &str| configured.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        let mut lines: Vec<(String, Template)> = configured.to_vec();
+        let mut not_passed: Vec<String> = configured
+            .iter()
+            .map(|(n, _)| n.to_ascii_lowercase())
+            .collect();
+        for (name, value) in defaults {
+            if !named(name) {
+                lines.push((name.to_string(), value));
+                not_passed.push(name.to_ascii_lowercase());
+            }
+        }
+        lines.retain(|(_, v)| !v.parts.is_empty());
+        not_passed.sort();
+        not_passed.dedup();
+        UpstreamHeaders {
+            lines,
+            not_passed,
+            pass_client: s.proxy_pass_request_headers(),
+        }
+    }
 }
 
 /// One step of a rewrite program.

@@ -1905,37 +1905,21 @@ impl<'p> State<'p> {
     /// Headers to the upstream: `proxy_set_header` ones (then nginx's defaults), then the
     /// client's, less those already set and the hop-by-hop ones.
     fn upstream_headers(&self, s: &Settings, request: &mut UpstreamRequest) {
-        /// nginx's own headers, after the configured ones unless those name them.
-        static DEFAULTS: std::sync::LazyLock<Vec<(&str, Template)>> =
-            std::sync::LazyLock::new(|| {
-                [
-                    ("Host", "$proxy_host"),
-                    ("Connection", "close"),
-                    ("Content-Length", "$proxy_internal_body_length"),
-                    ("Transfer-Encoding", "$proxy_internal_chunked"),
-                    ("TE", ""),
-                    ("Keep-Alive", ""),
-                    ("Expect", ""),
-                    ("Upgrade", ""),
-                ]
-                .into_iter()
-                .map(|(n, v)| (n, Template::compile(v).unwrap_or_default()))
-                .collect()
-            });
-        // Borrowed, not through the cloning accessor: this runs for every proxied request.
-        let configured: &[(String, Template)] = s.proxy_set_header.as_deref().unwrap_or(&[]);
-        let named = |name: &str| configured.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-        for (name, value) in configured {
+        // Worked out when the plan was made; a level sealed without it is worked out here.
+        let made;
+        let h = match &self.conf.upstream_headers {
+            Some(h) => h,
+            None => {
+                made = super::UpstreamHeaders::of(s);
+                &made
+            }
+        };
+        for (name, value) in &h.lines {
             request.header(name, |out| value.eval_into(self, out));
         }
-        for (name, value) in DEFAULTS.iter() {
-            if !named(name) {
-                request.header(name, |out| value.eval_into(self, out));
-            }
-        }
-        if s.proxy_pass_request_headers() {
+        if h.pass_client {
             for (n, v) in self.headers.iter() {
-                if named(n) || DEFAULTS.iter().any(|(d, _)| d.eq_ignore_ascii_case(n)) {
+                if h.not_passed.iter().any(|d| d.eq_ignore_ascii_case(n)) {
                     continue;
                 }
                 request.pass(n, v);
@@ -2055,6 +2039,21 @@ impl Resolve for State<'_> {
                 let v = self.vars.get(&format!("upstream_http_{name}"))?;
                 Cow::Borrowed(v.as_str())
             }
+            Var::ProxyInternalBodyLength => {
+                // nginx sends the client's length even with proxy_pass_request_body off
+                // (configs then clear it with proxy_set_header).
+                if req.chunked {
+                    return None;
+                }
+                Cow::Owned(req.body_len?.to_string())
+            }
+            Var::ProxyInternalChunked => {
+                if req.chunked && self.conf.settings.proxy_pass_request_body() {
+                    Cow::Borrowed("chunked")
+                } else {
+                    return None;
+                }
+            }
             Var::Named(name) => {
                 if let Some(v) = self.vars.get(name) {
                     return Some(Cow::Borrowed(v.as_str()));
@@ -2064,20 +2063,9 @@ impl Resolve for State<'_> {
                 }
                 match name.as_str() {
                     "proxy_internal_body_length" => {
-                        // nginx sends the client's length even with proxy_pass_request_body
-                        // off (configs then clear it with proxy_set_header).
-                        if req.chunked {
-                            return None;
-                        }
-                        Cow::Owned(req.body_len?.to_string())
+                        return self.var(&Var::ProxyInternalBodyLength);
                     }
-                    "proxy_internal_chunked" => {
-                        if req.chunked && self.conf.settings.proxy_pass_request_body() {
-                            Cow::Borrowed("chunked")
-                        } else {
-                            return None;
-                        }
-                    }
+                    "proxy_internal_chunked" => return self.var(&Var::ProxyInternalChunked),
                     "http_host" => Cow::Borrowed(header(&self.headers, "host")?),
                     "hostname" => Cow::Owned(hostname()),
                     "nginx_version" => Cow::Borrowed("1.22.1"),

@@ -31,6 +31,11 @@ pub enum Var {
     ProxyHost,
     ProxyPort,
     ProxyAddXForwardedFor,
+    /// nginx's own `Content-Length` and `Transfer-Encoding` lines to the upstream. Only
+    /// [`crate::plan::UpstreamHeaders`] makes these: a config's `$proxy_internal_*` is a
+    /// [`Var::Named`], found after its `set`s and `map`s as nginx would.
+    ProxyInternalBodyLength,
+    ProxyInternalChunked,
     DocumentRoot,
     RealpathRoot,
     RequestFilename,
