@@ -154,8 +154,9 @@ where
                     }
                 }
             }
-            // The request's state, 2 KiB, boxed for the request's life only.
-            let next = boxed!(next_request(
+            // The request's state, 2 KiB, boxed for the request's life only (in a box this
+            // thread reuses: see reuse.rs).
+            let next = super::reuse::reused!(next_request(
                 &mut io,
                 &mut conn,
                 Wait {
@@ -646,7 +647,9 @@ where
             }
             Box::pin(files::listing(io, buf, &ex, &decision, plan, shared, path)).await
         }
-        Outcome::Proxy { .. } => boxed!(proxy::serve(io, buf, &ex, &decision, plan, shared)).await,
+        Outcome::Proxy { .. } => {
+            super::reuse::reused!(proxy::serve(io, buf, &ex, &decision, plan, shared)).await
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod log;
 mod pool;
 mod proxy;
 pub mod reload;
+mod reuse;
 pub mod tls;
 mod upgrade;
 mod upstreams;
