@@ -192,6 +192,12 @@ impl Text {
     }
 }
 
+impl Default for Text {
+    fn default() -> Text {
+        Text::Static("")
+    }
+}
+
 impl std::ops::Deref for Text {
     type Target = str;
     fn deref(&self) -> &str {

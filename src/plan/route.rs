@@ -733,7 +733,8 @@ fn bare(plan: &Plan, server: usize, req: &Request, status: u16, why: &str) -> De
 pub struct Base {
     /// `None`: absolute_redirect off.
     pub scheme: Option<&'static str>,
-    pub host: String,
+    /// In place when short (most are): made for every request, used by few.
+    pub host: crate::plan::header::Text,
     pub port: Option<u16>,
 }
 
@@ -1103,14 +1104,15 @@ impl<'p> State<'p> {
         if !s.absolute_redirect() {
             return Base::default();
         }
+        use crate::plan::header::Text;
         let host = if s.server_name_in_redirect() {
-            self.server.name().to_string()
+            Text::copy(self.server.name())
         } else if !self.host.is_empty() {
-            self.host.to_string()
+            Text::copy(&self.host)
         } else {
             match &self.req.local {
-                ListenAddr::Tcp(a) => a.ip().to_string(),
-                _ => "localhost".to_string(),
+                ListenAddr::Tcp(a) => Text::copy(&a.ip().to_string()),
+                _ => Text::Static("localhost"),
             }
         };
         let port = self.req.local.port();

@@ -201,7 +201,8 @@ pub struct Selection {
     method: Method,
     /// Which tier is being tried (0 primary, 1 backup), and which of its servers were.
     tier: usize,
-    tried: Vec<bool>,
+    /// In place up to 16 servers: no allocation per request.
+    tried: smallvec::SmallVec<[bool; 16]>,
     /// Attempts a hash method made before falling back to round-robin (nginx allows 20).
     hash_tries: u32,
     /// Attempts left: the number of servers, capped by `proxy_next_upstream_tries`.
@@ -318,7 +319,7 @@ impl Upstreams {
             group,
             method,
             tier: 0,
-            tried: vec![false; primary],
+            tried: smallvec::smallvec![false; primary],
             hash_tries: 0,
             tries,
         }
@@ -368,7 +369,7 @@ impl Selection {
             }
             if self.tier == 0 && !g.tiers[1].peers.is_empty() {
                 self.tier = 1;
-                self.tried = vec![false; g.tiers[1].peers.len()];
+                self.tried = smallvec::smallvec![false; g.tiers[1].peers.len()];
                 continue;
             }
             return None;
