@@ -606,14 +606,25 @@ pub fn date_now() -> Text {
     thread_local! {
         static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    // Only the second matters: the coarse clock (the kernel's last tick, a few ms behind)
+    // costs 4 ns where the precise one costs 16 (measured here, vDSO on a TSC clock).
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    let secs = if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
+        ts.tv_sec.max(0) as u64
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
     CACHED.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
-            *c = (secs, httpdate::fmt_http_date(now));
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            *c = (secs, httpdate::fmt_http_date(at));
         }
         Text::copy(&c.1)
     })
