@@ -230,6 +230,29 @@ fn large_files_arrive_whole_with_and_without_sendfile() {
                 "{head}"
             );
             assert!(body == data[1000..=600000], "{prefix}: the range differs");
+            // Multipart: small parts gathered into one write, a large one in pieces.
+            write!(
+                c,
+                "GET {prefix}big.bin HTTP/1.1\r\nHost: x\r\n\
+                 Range: bytes=0-99,100000-300000,700000-700099\r\n\r\n"
+            )
+            .unwrap();
+            let (head, body) = read_answer(&mut c, false);
+            assert!(head.starts_with("HTTP/1.1 206 "), "{prefix}: {head}");
+            let mut at = 0;
+            for (start, end) in [(0, 99), (100000, 300000), (700000, 700099)] {
+                let part = &data[start..=end];
+                let found = body[at..]
+                    .windows(16)
+                    .position(|w| w == &part[..16])
+                    .map(|i| at + i)
+                    .unwrap_or_else(|| panic!("{prefix}: part {start}-{end} is missing"));
+                assert!(
+                    body[found..].starts_with(part),
+                    "{prefix}: part {start}-{end} differs"
+                );
+                at = found + part.len();
+            }
             write!(c, "HEAD {prefix}big.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
             let (head, _) = read_answer(&mut c, true);
             assert!(head.contains("Content-Length: 716800"), "{head}");
