@@ -32,8 +32,9 @@ const INLINE: u64 = 64 * 1024;
 /// size. Measured for a 1 MiB file to wrk over loopback (CPU per answer, `wrk -c50`, 5 s
 /// rounds alternating with nginx's 0.28-0.34 ms): each 32 KiB piece written as it is read
 /// 0.27-0.29 ms, 40-48 KiB 0.26-0.29, 16-24 KiB 0.35-0.36, 32 KiB read and written by two
-/// 0.37, 64-128 KiB 0.37-0.42, 256 KiB 0.34-0.36, the whole MiB 0.35. A piece that fits the
-/// L1 data cache (48 KiB here) is still in it when `send` copies it out.
+/// 0.37, 64-128 KiB 0.37-0.42, 256 KiB 0.34-0.36, the whole MiB 0.35. Our guess, not
+/// measured: a piece that fits the L1 data cache (48 KiB here) is still in it when `send`
+/// copies it out.
 const PIECE: usize = 32 * 1024;
 
 /// Serves `path` for `decision`: `Ok(keep-alive)`.
