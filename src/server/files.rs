@@ -275,7 +275,10 @@ where
             {
                 send_more(tcp, &out, wait).await?;
                 out.clear();
-                sent += sendfile(tcp, &file, start, end, wait).await?;
+                super::limit_unsent(tcp, false);
+                let done = sendfile(tcp, &file, start, end, wait).await;
+                super::limit_unsent(tcp, true);
+                sent += done?;
                 return Ok(());
             }
             sent += stream(io, &file, start, end, &mut out, wait).await?;

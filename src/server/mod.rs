@@ -494,20 +494,31 @@ fn fast_shutdown(
 /// connection is counted in `shared.drain` until it ends.
 /// How much written-but-unsent data a client socket may hold (`TCP_NOTSENT_LOWAT`): the
 /// kernel reports the socket writable, and takes more of a write, only while less than this
-/// waits behind what the congestion window lets out. Without it a 1 MiB answer goes into the
-/// socket whole (the send buffer autotunes to 4 MiB) and the kernel transmits most of it later,
-/// clocked by the client's ACKs, in the client's own system calls; on loopback that made the
-/// client the bottleneck (wrk's system time per 1 MiB answer 0.43 ms against 0.25 with it).
-/// 64 KiB is two file pieces: a wake-up still finds a whole piece to write. nginx sets no such
-/// option; nothing on the wire changes, only when the bytes are handed over.
+/// waits behind what the congestion window lets out. Without it a 1 MiB answer read and
+/// written in pieces went into the socket whole (the send buffer autotunes to 4 MiB), each
+/// byte a copy in kernel memory, and the kernel transmitted most of it later, clocked by the
+/// client's ACKs, inside the client's own system calls: on loopback that made the client the
+/// bottleneck (wrk's system time per 1 MiB answer 0.43 ms against 0.25 with the limit).
+/// 64 KiB is two file pieces: a wake-up still finds a whole piece to write. `sendfile` lifts
+/// the limit while it runs (see [`limit_unsent`]). nginx sets no such option; nothing on the
+/// wire changes, only when the bytes are handed over.
 const NOTSENT_LOWAT: u32 = 64 * 1024;
 
 /// Options on an accepted client connection: no Nagle delay (nginx's `tcp_nodelay on`) and the
 /// unsent-data limit above. Failures leave the kernel's defaults, which are correct, only slower.
 fn tune_accepted(stream: &tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
+    limit_unsent(stream, true);
+}
+
+/// Puts the unsent-data limit on (`NOTSENT_LOWAT`) or off (the system's default, no limit).
+/// Off for `sendfile`: its queue holds references to the page cache, not copies, and with the
+/// limit the server's own calls did all of the loopback's transmission (Portico at 97% of a
+/// core, the 1 MiB `sendfile on` row's p99 17-18 ms against 11-14 without the limit).
+pub(crate) fn limit_unsent(stream: &tokio::net::TcpStream, on: bool) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+    let _ =
+        socket2::SockRef::from(stream).set_tcp_notsent_lowat(if on { NOTSENT_LOWAT } else { 0 });
 }
 
 async fn accept_loop(
