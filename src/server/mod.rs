@@ -490,8 +490,6 @@ fn fast_shutdown(
     ExitCode::SUCCESS
 }
 
-/// Accepts until `stop` fires (or its sender is dropped), then closes the socket. Every
-/// connection is counted in `shared.drain` until it ends.
 /// How much written-but-unsent data a client socket may hold (`TCP_NOTSENT_LOWAT`): the
 /// kernel reports the socket writable, and takes more of a write, only while less than this
 /// waits behind what the congestion window lets out. Without it a 1 MiB answer read and
@@ -500,8 +498,8 @@ fn fast_shutdown(
 /// client's ACKs, inside the client's own system calls: on loopback that made the client the
 /// bottleneck (wrk's system time per 1 MiB answer 0.43 ms against 0.25 with the limit).
 /// 64 KiB is two file pieces: a wake-up still finds a whole piece to write. `sendfile` lifts
-/// the limit while it runs (see [`limit_unsent`]). nginx sets no such option; nothing on the
-/// wire changes, only when the bytes are handed over.
+/// the limit while it runs (see [`limit_unsent`]). nginx sets no such option; the bytes on
+/// the wire are the same, only when they are handed over changes.
 const NOTSENT_LOWAT: u32 = 64 * 1024;
 
 /// Options on an accepted client connection: no Nagle delay (nginx's `tcp_nodelay on`) and the
@@ -519,8 +517,12 @@ pub(crate) fn limit_unsent(stream: &tokio::net::TcpStream, on: bool) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ =
         socket2::SockRef::from(stream).set_tcp_notsent_lowat(if on { NOTSENT_LOWAT } else { 0 });
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, on);
 }
 
+/// Accepts until `stop` fires (or its sender is dropped), then closes the socket. Every
+/// connection is counted in `shared.drain` until it ends.
 async fn accept_loop(
     listener: Listener,
     addr: ListenAddr,

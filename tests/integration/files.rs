@@ -259,3 +259,99 @@ fn large_files_arrive_whole_with_and_without_sendfile() {
         }
     }
 }
+
+/// A client that reads slowly gets every byte (the server waits for room in the socket, with
+/// `sendfile` and without), and one that stops reading is dropped after `send_timeout`, as
+/// nginx drops it, rather than held open.
+#[test]
+fn a_slow_reader_gets_the_whole_file_and_a_stalled_one_is_dropped() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let dir = crate::support::scratch("files-slow-reader");
+    // 24 MiB: more than the send buffer (autotuned up to 4 MiB) and the receiver's window
+    // together, so a reader that stops leaves the server waiting.
+    let data: Vec<u8> = (0..24 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/big.bin"), &data).unwrap();
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pid {d}/portico.pid;\nevents {{}}\nhttp {{\naccess_log off;\n\
+             server {{\n listen 127.0.0.1:0;\n root {d}/www;\n send_timeout 1s;\n\
+             location /sf/ {{ alias {d}/www/; sendfile on; }}\n\
+             location /copy/ {{ alias {d}/www/; sendfile off; }}\n}}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let p = Portico::start_conf(dir.clone(), conf);
+    for prefix in ["/sf/", "/copy/"] {
+        // Slow: 256 KiB at a time with a pause, each pause well under send_timeout.
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", p.port())).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(c, "GET {prefix}big.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (head, first) = read_head_and_some(&mut c);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{prefix}: {head}");
+        let mut body = first;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut pauses = 0;
+        while body.len() < data.len() {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "{prefix}: closed after {} bytes", body.len());
+            body.extend_from_slice(&buf[..n]);
+            if pauses < 20 {
+                std::thread::sleep(Duration::from_millis(50));
+                pauses += 1;
+            }
+        }
+        assert!(
+            body == data,
+            "{prefix}: the slowly read body differs from the file"
+        );
+
+        // Stalled: nothing read for three times send_timeout, then the server must have
+        // given up (the connection ends before the file does).
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", p.port())).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(c, "GET {prefix}big.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (head, first) = read_head_and_some(&mut c);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{prefix}: {head}");
+        std::thread::sleep(Duration::from_secs(3));
+        let started = Instant::now();
+        let mut total = first.len();
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        assert!(
+            total < data.len(),
+            "{prefix}: a stalled reader still got the whole file ({total} bytes)"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{prefix}: the connection stayed open after send_timeout"
+        );
+    }
+}
+
+/// The head of an answer and whatever of the body came with it.
+fn read_head_and_some(c: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed mid-head: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let body = got.split_off(end);
+    (String::from_utf8_lossy(&got).into_owned(), body)
+}
