@@ -186,27 +186,9 @@ fn read_answer(c: &mut std::net::TcpStream, head_only: bool) -> (String, Vec<u8>
 #[test]
 fn large_files_arrive_whole_with_and_without_sendfile() {
     use std::io::Write;
-    let dir = crate::support::scratch("files-large");
     // 700 KiB, every byte depending on its offset: a piece sent twice, dropped or out of
     // order shows.
-    let data: Vec<u8> = (0..700 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    std::fs::create_dir_all(dir.join("www")).unwrap();
-    std::fs::write(dir.join("www/big.bin"), &data).unwrap();
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "pid {d}/portico.pid;\nevents {{}}\nhttp {{\naccess_log off;\n\
-             server {{\n listen 127.0.0.1:0;\n root {d}/www;\n\
-             location /sf/ {{ alias {d}/www/; sendfile on; }}\n\
-             location /copy/ {{ alias {d}/www/; sendfile off; }}\n}}\n}}\n"
-        ),
-    )
-    .unwrap();
-    let p = Portico::start_conf(dir.clone(), conf);
+    let (p, data) = big_file_server("files-large", 700 * 1024, "");
     for prefix in ["/sf/", "/copy/"] {
         // One keep-alive connection: an answer left unfinished (or a head held back)
         // would stall the next one.
@@ -267,27 +249,9 @@ fn large_files_arrive_whole_with_and_without_sendfile() {
 fn a_slow_reader_gets_the_whole_file_and_a_stalled_one_is_dropped() {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
-    let dir = crate::support::scratch("files-slow-reader");
     // 24 MiB: more than the send buffer (autotuned up to 4 MiB) and the receiver's window
     // together, so a reader that stops leaves the server waiting.
-    let data: Vec<u8> = (0..24 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    std::fs::create_dir_all(dir.join("www")).unwrap();
-    std::fs::write(dir.join("www/big.bin"), &data).unwrap();
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "pid {d}/portico.pid;\nevents {{}}\nhttp {{\naccess_log off;\n\
-             server {{\n listen 127.0.0.1:0;\n root {d}/www;\n send_timeout 1s;\n\
-             location /sf/ {{ alias {d}/www/; sendfile on; }}\n\
-             location /copy/ {{ alias {d}/www/; sendfile off; }}\n}}\n}}\n"
-        ),
-    )
-    .unwrap();
-    let p = Portico::start_conf(dir.clone(), conf);
+    let (p, data) = big_file_server("files-slow-reader", 24 * 1024 * 1024, " send_timeout 1s;\n");
     for prefix in ["/sf/", "/copy/"] {
         // Slow: 256 KiB at a time with a pause, each pause well under send_timeout.
         let mut c = std::net::TcpStream::connect(("127.0.0.1", p.port())).unwrap();
@@ -354,4 +318,29 @@ fn read_head_and_some(c: &mut std::net::TcpStream) -> (String, Vec<u8>) {
     };
     let body = got.split_off(end);
     (String::from_utf8_lossy(&got).into_owned(), body)
+}
+
+/// A Portico serving `big.bin`, `len` bytes each depending on its offset (a piece sent twice,
+/// dropped or out of order shows), under /sf/ with `sendfile on` and /copy/ with it off;
+/// `extra` goes into the server block. Returns the server and the file's bytes.
+fn big_file_server(name: &str, len: u32, extra: &str) -> (Portico, Vec<u8>) {
+    let dir = crate::support::scratch(name);
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/big.bin"), &data).unwrap();
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pid {d}/portico.pid;\nevents {{}}\nhttp {{\naccess_log off;\n\
+             server {{\n listen 127.0.0.1:0;\n root {d}/www;\n{extra}\
+             location /sf/ {{ alias {d}/www/; sendfile on; }}\n\
+             location /copy/ {{ alias {d}/www/; sendfile off; }}\n}}\n}}\n"
+        ),
+    )
+    .unwrap();
+    (Portico::start_conf(dir, conf), data)
 }
